@@ -1,0 +1,330 @@
+"""The one typed record for a video question, read and written losslessly in the Video-R1 /
+Video-Thinker JSON schema, plus our optional fields (duration, ground-truth segments, answer)."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import re
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+# The Video-R1 schema, in the order its files use. Every reader/writer goes through these names.
+VIDEO_R1_FIELDS = (
+    "problem_id",
+    "problem",
+    "data_type",
+    "problem_type",
+    "options",
+    "process",
+    "solution",
+    "path",
+    "data_source",
+)
+# Our additions; absent from Video-R1 files and only written when set.
+EXTRA_FIELDS = ("duration", "segments", "answer")
+
+PROBLEM_TYPES = ("multiple choice", "numerical", "OCR", "free-form", "regression")
+DATA_TYPES = ("video", "image")
+
+_OPTION_PREFIX = re.compile(r"^\s*([A-Z])\s*[.:)]\s*")
+_ANSWER_TAG = re.compile(r"<answer>\s*(.*?)\s*</answer>", re.DOTALL | re.IGNORECASE)
+
+
+class RecordError(ValueError):
+    """A record that fails to parse or validate; the message names the source, line and field."""
+
+    def __init__(self, message: str, *, source: str | None = None, line: int | None = None,
+                 field_name: str | None = None):
+        where = ":".join(str(x) for x in (source, line) if x is not None)
+        prefix = f"{where}: " if where else ""
+        prefix += f"field '{field_name}': " if field_name else ""
+        super().__init__(prefix + message)
+        self.source, self.line, self.field_name = source, line, field_name
+
+
+@dataclass(frozen=True)
+class Segment:
+    """A ground-truth time span in seconds with the caption of what is visible in it."""
+
+    start: float
+    end: float
+    caption: str = ""
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"start": self.start, "end": self.end, "caption": self.caption}
+
+    @classmethod
+    def from_obj(cls, obj: Any) -> Segment:
+        if isinstance(obj, dict):
+            return cls(float(obj["start"]), float(obj["end"]), str(obj.get("caption", "")))
+        start, end, *rest = obj  # [start, end] or [start, end, caption]
+        return cls(float(start), float(end), str(rest[0]) if rest else "")
+
+
+def option_letter(index: int) -> str:
+    return chr(ord("A") + index)
+
+
+def format_options(texts: Iterable[str]) -> list[str]:
+    """Prefix bare option texts with their letters: ["red", "blue"] -> ["A. red", "B. blue"]."""
+    return [f"{option_letter(i)}. {t.strip()}" for i, t in enumerate(texts)]
+
+
+def strip_option_prefix(option: str) -> str:
+    """'B. a red square' -> 'a red square' (unchanged when there is no letter prefix)."""
+    return _OPTION_PREFIX.sub("", option, count=1)
+
+
+def answer_from_solution(solution: str) -> str | None:
+    """The inner text of the first answer tag of a `solution` field, or None when there is none."""
+    found = _ANSWER_TAG.search(solution or "")
+    return found.group(1).strip() if found else None
+
+
+@dataclass
+class VideoQA:
+    """One video question. Field names and meanings follow method.md §4 (the Video-R1 schema).
+
+    `extra` keeps keys this schema does not know (e.g. `original_question_type`) so files pass
+    through unchanged; `absent` remembers which schema keys the source did not have.
+    """
+
+    problem: str
+    path: str
+    data_source: str
+    problem_type: str = "multiple choice"
+    data_type: str = "video"
+    options: list[str] | None = None
+    process: str = ""
+    solution: str = ""
+    problem_id: int | str | None = None
+    duration: float | None = None
+    segments: list[Segment] | None = None
+    answer: str | None = None
+    extra: dict[str, Any] = field(default_factory=dict)
+    absent: frozenset[str] = field(default_factory=frozenset, compare=False, repr=False)
+
+    # -- derived views -------------------------------------------------------------------------
+    @property
+    def gold(self) -> str | None:
+        """The gold answer: the explicit `answer` field, else the one in `solution`'s tag."""
+        return self.answer if self.answer is not None else answer_from_solution(self.solution)
+
+    @property
+    def option_letters(self) -> list[str]:
+        return [option_letter(i) for i in range(len(self.options or []))]
+
+    @property
+    def target(self) -> str:
+        """The SFT target: the trace, a newline, then the answer tag (method.md §4)."""
+        solution = self.solution or (f"<answer>{self.answer}</answer>" if self.answer else "")
+        return f"{self.process}\n{solution}" if self.process else solution
+
+    @property
+    def key(self) -> str:
+        """A stable identifier for shards and caches (source + id, or source + path + question)."""
+        if self.problem_id is not None:
+            return f"{self.data_source}-{self.problem_id}"
+        import hashlib
+
+        digest = hashlib.sha1(f"{self.path}\n{self.problem}".encode()).hexdigest()[:12]
+        return f"{self.data_source}-{digest}"
+
+    def replace(self, **changes: Any) -> VideoQA:
+        return dataclasses.replace(self, **changes)
+
+    # -- JSON ----------------------------------------------------------------------------------
+    def to_dict(self) -> dict[str, Any]:
+        out: dict[str, Any] = {}
+        for name in VIDEO_R1_FIELDS:
+            value = getattr(self, name)
+            if name in self.absent and value in (None, "", []):
+                continue
+            if name == "problem_id" and value is None:
+                continue
+            out[name] = value
+        if self.duration is not None:
+            out["duration"] = self.duration
+        if self.segments is not None:
+            out["segments"] = [s.to_dict() for s in self.segments]
+        if self.answer is not None:
+            out["answer"] = self.answer
+        out.update(self.extra)
+        return out
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), ensure_ascii=False)
+
+    @classmethod
+    def from_dict(cls, obj: Any, *, source: str | None = None, line: int | None = None) -> VideoQA:
+        """Parse one record. Type errors name the source, line and field; content is checked by
+        `validate`, so a structurally sound but wrong record still loads for reporting."""
+
+        def fail(message: str, name: str | None = None) -> RecordError:
+            return RecordError(message, source=source, line=line, field_name=name)
+
+        if not isinstance(obj, dict):
+            raise fail(f"a record must be a JSON object, got {type(obj).__name__}")
+        for name in ("problem", "path"):
+            if name not in obj:
+                raise fail("is missing", name)
+        kwargs: dict[str, Any] = {}
+        for name in ("problem", "path", "data_source", "problem_type", "data_type", "process",
+                     "solution"):
+            if name in obj:
+                value = obj[name]
+                if value is None and name in ("process", "solution", "data_source"):
+                    value = ""
+                if not isinstance(value, str):
+                    raise fail(f"must be a string, got {type(value).__name__}", name)
+                kwargs[name] = value
+        kwargs.setdefault("data_source", "")
+        if "options" in obj:
+            options = obj["options"]
+            if options is not None:
+                if not isinstance(options, list) or not all(isinstance(o, str) for o in options):
+                    raise fail("must be a list of strings or null", "options")
+            kwargs["options"] = options
+        if "problem_id" in obj:
+            pid = obj["problem_id"]
+            if pid is not None and (isinstance(pid, bool) or not isinstance(pid, (int, str))):
+                raise fail(f"must be an integer or string, got {type(pid).__name__}", "problem_id")
+            kwargs["problem_id"] = pid
+        if obj.get("duration") is not None:
+            try:
+                kwargs["duration"] = float(obj["duration"])
+            except (TypeError, ValueError):
+                raise fail(f"must be a number of seconds, got {obj['duration']!r}", "duration") from None
+        if obj.get("segments") is not None:
+            try:
+                kwargs["segments"] = [Segment.from_obj(s) for s in obj["segments"]]
+            except (TypeError, ValueError, KeyError) as exc:
+                raise fail(f"each segment needs start, end (seconds) and caption: {exc}", "segments") from None
+        if obj.get("answer") is not None:
+            kwargs["answer"] = str(obj["answer"])
+        known = set(VIDEO_R1_FIELDS) | set(EXTRA_FIELDS)
+        kwargs["extra"] = {k: v for k, v in obj.items() if k not in known}
+        kwargs["absent"] = frozenset(n for n in VIDEO_R1_FIELDS if n not in obj)
+        return cls(**kwargs)
+
+    @classmethod
+    def from_json(cls, text: str, *, source: str | None = None, line: int | None = None) -> VideoQA:
+        try:
+            obj = json.loads(text)
+        except json.JSONDecodeError as exc:
+            raise RecordError(f"invalid JSON: {exc.msg} at column {exc.colno}", source=source,
+                              line=line) from None
+        return cls.from_dict(obj, source=source, line=line)
+
+
+# -- validation ----------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class Problem:
+    """One thing wrong with a record: the field and a sentence a person can act on."""
+
+    field: str
+    message: str
+
+    def __str__(self) -> str:
+        return f"field '{self.field}': {self.message}"
+
+
+def validate(record: VideoQA, *, video_root: str | Path | None = None) -> list[Problem]:
+    """Every problem with a record's content, empty when it is sound. With `video_root`, the video
+    file must exist under it (absolute paths and URLs are checked as they are / skipped)."""
+    problems: list[Problem] = []
+    add = lambda name, message: problems.append(Problem(name, message))  # noqa: E731
+
+    if not record.problem.strip():
+        add("problem", "the question is empty")
+    if not record.path.strip():
+        add("path", "the video path is empty")
+    elif video_root is not None and "://" not in record.path:
+        candidate = Path(record.path)
+        if not candidate.is_absolute():
+            candidate = Path(video_root) / record.path.removeprefix("./")
+        if not candidate.is_file():
+            add("path", f"video file not found: {candidate}")
+    if record.problem_type not in PROBLEM_TYPES:
+        add("problem_type", f"{record.problem_type!r} is not one of {', '.join(PROBLEM_TYPES)}")
+    if record.data_type not in DATA_TYPES:
+        add("data_type", f"{record.data_type!r} is not one of {', '.join(DATA_TYPES)}")
+
+    gold = record.gold
+    if record.answer is not None and answer_from_solution(record.solution) not in (None, record.answer):
+        add("answer", f"{record.answer!r} disagrees with the solution tag {record.solution!r}")
+    if record.problem_type == "multiple choice":
+        options = record.options or []
+        if len(options) < 2:
+            add("options", f"a multiple-choice question needs at least 2 options, got {len(options)}")
+        for i, option in enumerate(options):
+            found = _OPTION_PREFIX.match(option)
+            if not found or found.group(1) != option_letter(i):
+                add("options", f"option {i} must start with '{option_letter(i)}.', got {option[:40]!r}")
+            elif not strip_option_prefix(option).strip():
+                add("options", f"option {option_letter(i)} has no text")
+        if gold is None:
+            add("solution", "no gold answer: expected '<answer>X</answer>' or an 'answer' field")
+        elif options and gold not in record.option_letters:
+            add("solution", f"gold answer {gold!r} is not one of the option letters "
+                            f"{''.join(record.option_letters)}")
+    elif gold is None or not gold.strip():
+        add("solution", "no gold answer in '<answer>…</answer>'")
+
+    if record.duration is not None and not record.duration > 0:
+        add("duration", f"must be positive, got {record.duration}")
+    for i, seg in enumerate(record.segments or []):
+        if not (seg.start >= 0):
+            add("segments", f"segment {i} starts before 0 s ({seg.start})")
+        if not (seg.end > seg.start):
+            add("segments", f"segment {i} ends at {seg.end} s, not after its start {seg.start} s")
+        if record.duration is not None and seg.end > record.duration + 1e-6:
+            add("segments", f"segment {i} ends at {seg.end} s, past the video's {record.duration} s")
+    return problems
+
+
+# -- files ---------------------------------------------------------------------------------------
+def iter_records(path: str | Path) -> Iterator[tuple[int, VideoQA]]:
+    """(line or list index, record) from a .jsonl file or a .json list; 1-based lines."""
+    path = Path(path)
+    if path.suffix == ".jsonl":
+        with path.open(encoding="utf-8") as fh:
+            for lineno, line in enumerate(fh, 1):
+                if line.strip():
+                    yield lineno, VideoQA.from_json(line, source=str(path), line=lineno)
+        return
+    try:
+        items = json.loads(path.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as exc:
+        raise RecordError(f"invalid JSON: {exc.msg}", source=str(path), line=exc.lineno) from None
+    if not isinstance(items, list):
+        raise RecordError("expected a JSON list of records", source=str(path))
+    for index, item in enumerate(items):
+        yield index, VideoQA.from_dict(item, source=str(path), line=index)
+
+
+def load_records(path: str | Path) -> list[VideoQA]:
+    return [record for _, record in iter_records(path)]
+
+
+def write_records(records: Iterable[VideoQA], path: str | Path) -> int:
+    """Write .jsonl (one record per line) or .json (a list, as Video-R1 files are); returns count.
+    Written to a temporary name and renamed, so a crash never leaves half a file."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    count = 0
+    with tmp.open("w", encoding="utf-8") as fh:
+        if path.suffix == ".jsonl":
+            for record in records:
+                fh.write(record.to_json() + "\n")
+                count += 1
+        else:
+            items = [r.to_dict() for r in records]
+            count = len(items)
+            json.dump(items, fh, ensure_ascii=False, indent=1)
+    tmp.replace(path)
+    return count
