@@ -26,7 +26,9 @@ VIDEO_R1_FIELDS = (
 # Our additions; absent from Video-R1 files and only written when set.
 EXTRA_FIELDS = ("duration", "segments", "answer")
 
-PROBLEM_TYPES = ("multiple choice", "numerical", "OCR", "free-form", "regression")
+# The Video-R1 types, plus "grounding" (ours): the answer is a time span, e.g. "<answer>00:12-00:20</answer>",
+# used for Charades-STA / ActivityNet Captions queries and the caption-labelled curation sources.
+PROBLEM_TYPES = ("multiple choice", "numerical", "OCR", "free-form", "regression", "grounding")
 DATA_TYPES = ("video", "image")
 
 _OPTION_PREFIX = re.compile(r"^\s*([A-Z])\s*[.:)]\s*")
@@ -273,6 +275,11 @@ def validate(record: VideoQA, *, video_root: str | Path | None = None) -> list[P
                             f"{''.join(record.option_letters)}")
     elif gold is None or not gold.strip():
         add("solution", "no gold answer in '<answer>…</answer>'")
+    elif record.problem_type == "grounding":
+        from vt_data.timespan import parse_span
+
+        if parse_span(gold) is None:
+            add("solution", f"a grounding answer must be a time span like 00:12-00:20, got {gold!r}")
 
     if record.duration is not None and not record.duration > 0:
         add("duration", f"must be positive, got {record.duration}")
