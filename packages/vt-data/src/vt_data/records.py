@@ -38,9 +38,15 @@ _ANSWER_TAG = re.compile(r"<answer>\s*(.*?)\s*</answer>", re.DOTALL | re.IGNOREC
 class RecordError(ValueError):
     """A record that fails to parse or validate; the message names the source, line and field."""
 
-    def __init__(self, message: str, *, source: str | None = None, line: int | None = None,
+    def __init__(self, message: str, *, source: str | None = None, line: int | str | None = None,
                  field_name: str | None = None):
-        where = ":".join(str(x) for x in (source, line) if x is not None)
+        # `line` is a 1-based line number (text/JSONL), or a string such as "[3]" (index into a
+        # JSON list) or "video 'v_x'" for files keyed by id; the location reads file:12 / file[3].
+        where = source or ""
+        if isinstance(line, int):
+            where += f":{line}"
+        elif line:
+            where += line if line.startswith("[") else f" ({line})"
         prefix = f"{where}: " if where else ""
         prefix += f"field '{field_name}': " if field_name else ""
         super().__init__(prefix + message)
@@ -91,7 +97,9 @@ class VideoQA:
     """One video question. Field names and meanings follow method.md §4 (the Video-R1 schema).
 
     `extra` keeps keys this schema does not know (e.g. `original_question_type`) so files pass
-    through unchanged; `absent` remembers which schema keys the source did not have.
+    through unchanged; `absent` and `nulls` remember which schema keys the source did not have
+    or had as null, and
+    `key_order` the source's key order, so a rewritten file is byte-stable.
     """
 
     problem: str
@@ -108,6 +116,8 @@ class VideoQA:
     answer: str | None = None
     extra: dict[str, Any] = field(default_factory=dict)
     absent: frozenset[str] = field(default_factory=frozenset, compare=False, repr=False)
+    nulls: frozenset[str] = field(default_factory=frozenset, compare=False, repr=False)
+    key_order: tuple[str, ...] = field(default=(), compare=False, repr=False)
 
     # -- derived views -------------------------------------------------------------------------
     @property
@@ -143,11 +153,11 @@ class VideoQA:
         out: dict[str, Any] = {}
         for name in VIDEO_R1_FIELDS:
             value = getattr(self, name)
-            if name in self.absent and value in (None, "", []):
-                continue
+            if name in self.absent and value == _FIELD_DEFAULTS.get(name):
+                continue  # the source did not have it and nobody set it since
             if name == "problem_id" and value is None:
                 continue
-            out[name] = value
+            out[name] = None if name in self.nulls and value == "" else value
         if self.duration is not None:
             out["duration"] = self.duration
         if self.segments is not None:
@@ -155,6 +165,9 @@ class VideoQA:
         if self.answer is not None:
             out["answer"] = self.answer
         out.update(self.extra)
+        if self.key_order:
+            rank = {k: i for i, k in enumerate(self.key_order)}
+            out = dict(sorted(out.items(), key=lambda kv: rank.get(kv[0], len(rank))))
         return out
 
     def to_json(self) -> str:
@@ -174,12 +187,14 @@ class VideoQA:
             if name not in obj:
                 raise fail("is missing", name)
         kwargs: dict[str, Any] = {}
+        nulls = set()
         for name in ("problem", "path", "data_source", "problem_type", "data_type", "process",
                      "solution"):
             if name in obj:
                 value = obj[name]
                 if value is None and name in ("process", "solution", "data_source"):
                     value = ""
+                    nulls.add(name)
                 if not isinstance(value, str):
                     raise fail(f"must be a string, got {type(value).__name__}", name)
                 kwargs[name] = value
@@ -197,7 +212,9 @@ class VideoQA:
             kwargs["problem_id"] = pid
         if obj.get("duration") is not None:
             try:
-                kwargs["duration"] = float(obj["duration"])
+                duration = obj["duration"]
+                # Keep an int an int, so `30` is written back as `30`, not `30.0`.
+                kwargs["duration"] = duration if type(duration) in (int, float) else float(duration)
             except (TypeError, ValueError):
                 raise fail(f"must be a number of seconds, got {obj['duration']!r}", "duration") from None
         if obj.get("segments") is not None:
@@ -210,6 +227,8 @@ class VideoQA:
         known = set(VIDEO_R1_FIELDS) | set(EXTRA_FIELDS)
         kwargs["extra"] = {k: v for k, v in obj.items() if k not in known}
         kwargs["absent"] = frozenset(n for n in VIDEO_R1_FIELDS if n not in obj)
+        kwargs["key_order"] = tuple(obj)
+        kwargs["nulls"] = frozenset(nulls)
         return cls(**kwargs)
 
     @classmethod
@@ -220,6 +239,10 @@ class VideoQA:
             raise RecordError(f"invalid JSON: {exc.msg} at column {exc.colno}", source=source,
                               line=line) from None
         return cls.from_dict(obj, source=source, line=line)
+
+
+_FIELD_DEFAULTS = {f.name: f.default for f in dataclasses.fields(VideoQA)
+                   if f.default is not dataclasses.MISSING}
 
 
 # -- validation ----------------------------------------------------------------------------------
@@ -295,7 +318,8 @@ def validate(record: VideoQA, *, video_root: str | Path | None = None) -> list[P
 
 # -- files ---------------------------------------------------------------------------------------
 def iter_records(path: str | Path) -> Iterator[tuple[int, VideoQA]]:
-    """(line or list index, record) from a .jsonl file or a .json list; 1-based lines."""
+    """(line or list index, record) from a .jsonl file (1-based lines) or a .json list (0-based
+    indices; errors read file[3])."""
     path = Path(path)
     if path.suffix == ".jsonl":
         with path.open(encoding="utf-8") as fh:
@@ -310,7 +334,7 @@ def iter_records(path: str | Path) -> Iterator[tuple[int, VideoQA]]:
     if not isinstance(items, list):
         raise RecordError("expected a JSON list of records", source=str(path))
     for index, item in enumerate(items):
-        yield index, VideoQA.from_dict(item, source=str(path), line=index)
+        yield index, VideoQA.from_dict(item, source=str(path), line=f"[{index}]")
 
 
 def load_records(path: str | Path) -> list[VideoQA]:
