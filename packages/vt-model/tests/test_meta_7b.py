@@ -1,0 +1,37 @@
+"""The released Qwen2.5-VL-7B architecture built on the meta device (no weights, no memory): its exact
+parameter count, and the video token budget of the paper's setting (16 frames, 128*28*28 pixels)."""
+
+from __future__ import annotations
+
+from vt_model.loading import build_on_meta
+from vt_model.processing import VideoProcessorConfig
+from vt_model.tiny import qwen25vl_7b_config
+
+# Pinned from build_on_meta; ~8.29e9 is the published size of Qwen2.5-VL-7B-Instruct.
+QWEN25VL_7B_PARAMS = 8_292_166_656
+QWEN25VL_7B_VISION_PARAMS = 676_550_144
+QWEN25VL_7B_LM_HEAD_PARAMS = 152_064 * 3_584  # untied
+
+
+def test_qwen25vl_7b_on_meta_device():
+    model, n_params = build_on_meta(qwen25vl_7b_config())
+    assert n_params == QWEN25VL_7B_PARAMS
+    assert all(p.device.type == "meta" for p in model.parameters())
+    assert sum(p.numel() for p in model.model.visual.parameters()) == QWEN25VL_7B_VISION_PARAMS
+    assert model.lm_head.weight.numel() == QWEN25VL_7B_LM_HEAD_PARAMS
+    text = model.model.language_model
+    assert len(text.layers) == 28 and len(model.model.visual.blocks) == 32
+    assert tuple(text.layers[0].self_attn.k_proj.weight.shape) == (4 * 128, 3584)  # 4 KV heads of 128
+    config = model.config
+    assert config.text_config.rope_parameters["mrope_section"] == [16, 24, 24]
+    assert config.vision_config.fullatt_block_indexes == [7, 15, 23, 31]
+    assert config.vision_config.tokens_per_second == 2
+
+
+def test_paper_video_budget_for_a_16_by_9_source():
+    """640x360 (and 1080p alike) -> 224x420 per frame; 16 frames -> grid [8, 16, 30] -> 960 tokens."""
+    config = VideoProcessorConfig()  # 16 frames, min = max = 128*28*28
+    for height, width in ((360, 640), (1080, 1920)):
+        assert config.resized_size(height, width) == (224, 420)
+        assert config.grid_thw(16, height, width) == (8, 16, 30)
+        assert config.num_video_tokens(16, height, width) == 960
