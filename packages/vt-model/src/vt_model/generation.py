@@ -1,0 +1,356 @@
+"""Rollouts for GRPO and evaluation: G completions per video prompt with the video encoded ONCE, and
+per-token log-probs of given completions in one forward pass.
+
+How "encode once" works in transformers 5.23 (read in generation/utils.py and modeling_qwen2_5_vl.py):
+
+* `Qwen2_5_VLForConditionalGeneration.forward` accepts `mm_encoder_outputs={"video": out}`, where
+  `out.pooler_output` is a sequence of per-video feature tensors (n_tokens_i, hidden) as returned by
+  `get_video_features(pixel_values_videos, video_grid_thw)`; the forward then skips the vision tower and
+  scatters those rows into the `<|video_pad|>` positions in placeholder order (batch row by batch row).
+* `generate` forwards `mm_encoder_outputs` to the prefill step only
+  (MULTIMODAL_INPUTS_TO_DROP_OUTSIDE_PREFILL) and never re-encodes when no pixel values are given.
+* We run the vision tower once on the B prompts' videos, repeat the *feature tensors* (not the pixels)
+  G times in the order of the expanded batch (prompt-major: row b * G + g), expand the text inputs with
+  repeat_interleave, and call `generate(num_return_sequences=1)` on the B * G rows. Doing the expansion
+  ourselves (rather than relying on generate's own `num_return_sequences` expansion, which in 5.23 also
+  encodes first and expands `mm_encoder_outputs`) keeps greedy decoding possible with G > 1 (generate
+  refuses num_return_sequences > 1 without sampling) and keeps us independent of that internal order.
+* M-RoPE: positions are computed by `vt_model.positions` (the original Qwen2.5-VL rule, stack.md §3) for
+  the B left-padded prompts and repeat-interleaved to (3, B * G, L). When `position_ids` is passed,
+  generate skips its own `get_rope_index` (which implements the 5.x text-after-video rule) and extends
+  the ids by last + 1 per new token, which is right because every prompt ends in text.
+
+The naive path (`encode_once=False`) repeats the pixels G times and lets the model encode B * G videos;
+tests/test_generation.py checks both paths give the same greedy tokens and log-probs and counts the
+videos the vision tower sees (B vs B * G).
+
+Log-probs: `return_logprobs=True` records log softmax of the *raw* model logits (temperature 1, before
+top-k / top-p) at every step with a logits processor placed before the sampling warpers, keeping only
+the chosen token's value (memory O(B * G * V) for one step, not for the whole sequence). They equal
+`sequence_logprobs(..., temperature=1.0)` of the same completions, the quantity a GRPO ratio needs.
+Both exclude the vision placeholder ids (`placeholder_ids`): the policy never emits them.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+
+from vt_model.collate import collate_prompts
+from vt_model.positions import model_inputs_positions
+from vt_model.prompts import special_ids
+
+
+@dataclass
+class GenerationOutput:
+    """Completions grouped by prompt.
+
+    sequences[p][g]: int64 (T,) completion ids of prompt p's g-th completion, up to and including the
+        first stop token (<|im_end|> or <|endoftext|>) when one was generated; no padding.
+    texts[p][g]: the decoded completion without special tokens.
+    logprobs[p][g]: float32 (T,) log-prob of each completion token under the raw model (or None).
+    prompt_lengths[p]: prompt p's length in tokens (text + video, no padding).
+    finished[p][g]: True when the completion ended with a stop token (False: cut by max_new_tokens).
+    """
+
+    sequences: list[list[torch.Tensor]]
+    texts: list[list[str]]
+    logprobs: list[list[torch.Tensor]] | None
+    prompt_lengths: list[int]
+    finished: list[list[bool]] = field(default_factory=list)
+
+    @property
+    def num_return_sequences(self) -> int:
+        return len(self.sequences[0]) if self.sequences else 0
+
+
+class _ChosenTokenLogprobs:
+    """A logits processor that records log p(chosen token) from the raw logits of every step.
+
+    generate calls processors before sampling, so the token chosen at step s is only visible at step
+    s + 1 (the last column of input_ids); the final step's token is read in `finish`.
+    """
+
+    def __init__(self) -> None:
+        self.previous: torch.Tensor | None = None  # (N, V) log-probs of the last step
+        self.steps: list[torch.Tensor] = []  # each (N,)
+
+    def __call__(self, input_ids: torch.Tensor, scores: torch.Tensor) -> torch.Tensor:
+        if self.previous is not None:
+            self.steps.append(self.previous.gather(1, input_ids[:, -1:]).squeeze(1))
+        self.previous = torch.log_softmax(scores.float(), dim=-1)
+        return scores
+
+    def finish(self, last_tokens: torch.Tensor) -> torch.Tensor:
+        """(N,) tokens of the final step -> (N, T) log-probs."""
+        if self.previous is not None:
+            self.steps.append(self.previous.gather(1, last_tokens[:, None]).squeeze(1))
+            self.previous = None
+        return torch.stack(self.steps, dim=1) if self.steps else last_tokens.new_zeros((len(last_tokens), 0))
+
+
+def placeholder_ids(model_config) -> tuple[int, ...]:
+    """Vision placeholder / delimiter ids (video, image, vision start / end) from a Qwen2.5-VL config.
+
+    The policy never emits them: a sampled `<|video_pad|>` would break the placeholder count (and the
+    M-RoPE blocks) of every later pass over the completion. generate suppresses them and
+    `sequence_logprobs` renormalises without them, so both use the same distribution.
+    """
+    return tuple(int(getattr(model_config, name)) for name in
+                 ("video_token_id", "image_token_id", "vision_start_token_id", "vision_end_token_id"))
+
+
+def _base(model):
+    """The Qwen2_5_VLForConditionalGeneration under a peft wrapper (if any)."""
+    return model.get_base_model() if hasattr(model, "get_base_model") else model
+
+
+def encode_videos(model, pixel_values_videos: torch.Tensor,
+                  video_grid_thw: torch.Tensor) -> list[torch.Tensor]:
+    """Run the vision tower (incl. the merger) once: -> one (n_tokens_i, hidden) tensor per video."""
+    out = _base(model).get_video_features(pixel_values_videos, video_grid_thw, return_dict=True)
+    return list(out.pooler_output)
+
+
+def _video_encoder_outputs(features: Sequence[torch.Tensor]) -> dict[str, Any]:
+    """Per-row video features -> the `mm_encoder_outputs` kwarg of the Qwen2.5-VL forward."""
+    from transformers.modeling_outputs import BaseModelOutputWithPooling
+
+    return {"video": BaseModelOutputWithPooling(pooler_output=list(features))}
+
+
+def _as_prompt_batch(prompt_batch: Sequence[Mapping[str, Any]] | Mapping[str, Any], pad_token_id: int):
+    if isinstance(prompt_batch, Mapping):
+        if prompt_batch["input_ids"].ndim != 2:
+            raise ValueError("a collated prompt batch needs input_ids (B, L); "
+                             "pass a list of encode_prompt outputs")
+        return prompt_batch
+    return collate_prompts(list(prompt_batch), pad_token_id)
+
+
+def _repeat_rows(batch: Mapping[str, Any], repeats: int) -> dict[str, torch.Tensor]:
+    """Text-side tensors (B, L) / positions (3, B, L) -> B * repeats rows, prompt-major."""
+    return {
+        "input_ids": batch["input_ids"].repeat_interleave(repeats, dim=0),
+        "attention_mask": batch["attention_mask"].repeat_interleave(repeats, dim=0),
+        "mm_token_type_ids": batch["mm_token_type_ids"].repeat_interleave(repeats, dim=0),
+        "position_ids": batch["position_ids"].repeat_interleave(repeats, dim=1),
+    }
+
+
+def _split_pixels(batch: Mapping[str, Any]) -> list[torch.Tensor]:
+    sizes = batch["video_grid_thw"].prod(-1).tolist()
+    return list(torch.split(batch["pixel_values_videos"], sizes, dim=0))
+
+
+def trim_completion(tokens: torch.Tensor, stop_ids: Sequence[int]) -> tuple[torch.Tensor, bool]:
+    """(T,) generated ids -> (ids up to and including the first stop id, whether a stop id occurred).
+
+    generate keeps writing the pad id after a row has stopped; everything after the stop is dropped.
+    """
+    hits = torch.isin(tokens, torch.tensor(list(stop_ids), device=tokens.device)).nonzero()
+    if hits.numel():
+        return tokens[: int(hits[0]) + 1], True
+    return tokens, False
+
+
+@torch.no_grad()
+def generate(
+    model,
+    tokenizer,
+    prompt_batch: Sequence[Mapping[str, Any]] | Mapping[str, Any],
+    *,
+    num_return_sequences: int = 1,
+    do_sample: bool = True,
+    temperature: float = 1.0,
+    top_p: float = 1.0,
+    top_k: int = 0,
+    max_new_tokens: int = 256,
+    return_logprobs: bool = False,
+    encode_once: bool = True,
+) -> GenerationOutput:
+    """G = num_return_sequences completions for each prompt, the video encoded once per prompt.
+
+    prompt_batch: a list of `prompts.encode_prompt` outputs (collated here with left padding) or a
+    batch from `collate.collate_prompts`. Sampling settings are passed explicitly; the model's own
+    generation_config (e.g. a checkpoint's repetition_penalty) is not used. Generation stops at
+    <|im_end|> (and <|endoftext|>). top_k=0 / top_p=1.0 disable those filters.
+    encode_once=False is the naive reference path (pixels repeated G times).
+    Runs under no_grad in the model's current mode: call model.eval() first (dropout; and transformers
+    turns the KV cache off for a model in training mode with gradient checkpointing).
+    """
+    from transformers import GenerationConfig, LogitsProcessorList
+
+    if num_return_sequences < 1:
+        raise ValueError(f"num_return_sequences must be >= 1, got {num_return_sequences}")
+    ids = special_ids(tokenizer)
+    G = num_return_sequences
+    batch = dict(_as_prompt_batch(prompt_batch, ids.pad))
+    device = next(model.parameters()).device
+    batch = {k: v.to(device) if isinstance(v, torch.Tensor) else v for k, v in batch.items()}
+    if "position_ids" not in batch:
+        batch.update(model_inputs_positions(_base(model).config, batch))  # (3, B, L)
+    num_prompts, prompt_width = batch["input_ids"].shape
+    prompt_lengths = batch["attention_mask"].sum(-1).tolist()
+
+    inputs = _repeat_rows(batch, G)  # (B*G, L), positions (3, B*G, L)
+    if encode_once:
+        features = encode_videos(model, batch["pixel_values_videos"], batch["video_grid_thw"])  # B tensors
+        inputs["mm_encoder_outputs"] = _video_encoder_outputs([f for f in features for _ in range(G)])
+    else:
+        pixels = _split_pixels(batch)
+        inputs["pixel_values_videos"] = torch.cat([p for p in pixels for _ in range(G)], dim=0)
+        inputs["video_grid_thw"] = batch["video_grid_thw"].repeat_interleave(G, dim=0)
+        inputs["second_per_grid_ts"] = batch["second_per_grid_ts"].repeat_interleave(G, dim=0)
+
+    # Every knob that changes the distribution is set explicitly: generate fills unset (None) fields from
+    # the checkpoint's generation_config (Qwen2.5-VL ships repetition_penalty 1.05, top_k 1, ...).
+    config = GenerationConfig(
+        max_new_tokens=max_new_tokens,
+        min_new_tokens=0,
+        no_repeat_ngram_size=0,
+        typical_p=1.0,
+        do_sample=do_sample,
+        temperature=temperature if do_sample else None,
+        top_p=top_p if do_sample else None,
+        top_k=top_k if do_sample else None,
+        repetition_penalty=1.0,
+        num_beams=1,
+        num_return_sequences=1,
+        eos_token_id=[ids.im_end, ids.pad],
+        suppress_tokens=list(placeholder_ids(_base(model).config)),
+        pad_token_id=ids.pad,
+        bos_token_id=None,
+        use_cache=True,
+    )
+    recorder = _ChosenTokenLogprobs() if return_logprobs else None
+    out = model.generate(
+        **inputs,
+        generation_config=config,
+        logits_processor=LogitsProcessorList([recorder]) if recorder is not None else None,
+    )
+    completions = out[:, prompt_width:]  # (B*G, T)
+    token_logprobs = recorder.finish(completions[:, -1]) if recorder is not None else None  # (B*G, T)
+
+    sequences, texts, logprobs, finished = [], [], [] if return_logprobs else None, []
+    for p in range(num_prompts):
+        seqs_p, texts_p, lps_p, fin_p = [], [], [], []
+        for g in range(G):
+            row = p * G + g
+            seq, done = trim_completion(completions[row], (ids.im_end, ids.pad))
+            seqs_p.append(seq.cpu())
+            texts_p.append(tokenizer.decode(seq, skip_special_tokens=True))
+            fin_p.append(done)
+            if token_logprobs is not None:
+                lps_p.append(token_logprobs[row, : len(seq)].cpu())
+        sequences.append(seqs_p)
+        texts.append(texts_p)
+        finished.append(fin_p)
+        if logprobs is not None:
+            logprobs.append(lps_p)
+    return GenerationOutput(sequences=sequences, texts=texts, logprobs=logprobs,
+                            prompt_lengths=[int(n) for n in prompt_lengths], finished=finished)
+
+
+def rollout_batch(prompt_batch: Sequence[Mapping[str, Any]] | Mapping[str, Any], output: GenerationOutput,
+                  pad_token_id: int) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
+    """Prompts + their completions -> (batch, completion_mask) for `sequence_logprobs`.
+
+    Rows are prompt-major (b * G + g): the left-padded prompt, then the completion, right-padded.
+    batch: input_ids, attention_mask, mm_token_type_ids (N, L); pixel_values_videos and
+    video_grid_thw (B, 3) / second_per_grid_ts (B,) of the B *unique* videos; video_index (N,) naming
+    each row's video, so the log-prob pass encodes each video once as well.
+    completion_mask: (N, L) 1 on completion tokens.
+    """
+    batch = _as_prompt_batch(prompt_batch, pad_token_id)
+    G = output.num_return_sequences
+    num_prompts, prompt_width = batch["input_ids"].shape
+    rows = [seq for seqs in output.sequences for seq in seqs]
+    width = max((len(s) for s in rows), default=0)
+    completions = torch.full((len(rows), width), pad_token_id, dtype=torch.long)  # (N, T)
+    comp_mask = torch.zeros((len(rows), width), dtype=torch.long)
+    for i, seq in enumerate(rows):
+        completions[i, : len(seq)] = seq
+        comp_mask[i, : len(seq)] = 1
+    text = _repeat_rows({**batch, "position_ids": torch.zeros(3, num_prompts, 1)}, G)
+    full = {
+        "input_ids": torch.cat([text["input_ids"], completions], dim=1),
+        "attention_mask": torch.cat([text["attention_mask"], comp_mask], dim=1),
+        "mm_token_type_ids": torch.cat([text["mm_token_type_ids"], torch.zeros_like(completions)], dim=1),
+        "pixel_values_videos": batch["pixel_values_videos"],
+        "video_grid_thw": batch["video_grid_thw"],
+        "second_per_grid_ts": batch["second_per_grid_ts"],
+        "video_index": torch.arange(num_prompts).repeat_interleave(G),
+    }
+    completion_mask = torch.cat([torch.zeros_like(text["input_ids"]), comp_mask], dim=1)  # (N, L)
+    return full, completion_mask
+
+
+def sequence_logprobs(model, batch: Mapping[str, Any], completion_mask: torch.Tensor, *,
+                      temperature: float = 1.0, video_features: Sequence[torch.Tensor] | None = None
+                      ) -> torch.Tensor:
+    """Per-token log-probs of the completions in `batch`, one forward pass (gradients flow).
+
+    batch: input_ids, attention_mask, mm_token_type_ids (N, L); optional position_ids (3, N, L) (else
+    computed by the original M-RoPE rule); pixel_values_videos, video_grid_thw (V, 3),
+    second_per_grid_ts (V,); optional video_index (N,) mapping rows to videos (default: row i has video
+    i). Each distinct video is encoded once and its features are repeated for its rows; pass
+    `video_features` (V tensors from `encode_videos`) to skip the vision tower altogether (e.g. frozen
+    vision, features kept from the rollout).
+    completion_mask: (N, L), 1 where a token's log-prob is wanted (never position 0).
+    Returns (N, L) float32: log p(token t | tokens < t), logits divided by `temperature` and the vision
+    placeholder ids excluded (as in `generate`), 0 where completion_mask is 0.
+    """
+    base = _base(model)
+    device = next(model.parameters()).device
+    input_ids = batch["input_ids"].to(device)
+    attention_mask = batch["attention_mask"].to(device)
+    completion_mask = completion_mask.to(device).bool()
+    if bool(completion_mask[:, 0].any()):
+        raise ValueError("completion_mask marks position 0, which has no preceding context")
+    suppressed = torch.tensor(placeholder_ids(base.config), device=device)
+    if bool((torch.isin(input_ids, suppressed) & completion_mask).any()):
+        raise ValueError("a completion holds a vision placeholder token; generate() never samples them")
+    video_index = batch.get("video_index")
+    num_rows = input_ids.shape[0]
+    video_index = torch.arange(num_rows) if video_index is None else video_index.cpu()
+    if video_features is None:
+        video_features = encode_videos(model, batch["pixel_values_videos"].to(device),
+                                       batch["video_grid_thw"].to(device))
+    rows_features = [video_features[int(i)] for i in video_index]
+    position_ids = batch.get("position_ids")
+    if position_ids is None:
+        # positions need one grid / time step per row
+        per_row = {
+            "input_ids": input_ids,
+            "attention_mask": attention_mask,
+            "video_grid_thw": batch["video_grid_thw"].to(device)[video_index.to(device)],
+            "second_per_grid_ts": batch["second_per_grid_ts"].to(device)[video_index.to(device)],
+        }
+        position_ids = model_inputs_positions(base.config, per_row)["position_ids"]
+    # Logits only from the first predicting column on: saves (N, L_prompt, V) for long video prompts.
+    first = int(completion_mask.any(0).nonzero()[0]) if bool(completion_mask.any()) else input_ids.shape[1]
+    keep = input_ids.shape[1] - first + 1
+    out = model(
+        input_ids=input_ids,
+        attention_mask=attention_mask,
+        position_ids=position_ids.to(device),
+        mm_token_type_ids=batch["mm_token_type_ids"].to(device),
+        mm_encoder_outputs=_video_encoder_outputs(rows_features),
+        logits_to_keep=keep,
+        use_cache=False,
+    )
+    logits = out.logits[:, :-1].float() / temperature  # (N, keep-1, V) predicting columns first..L-1
+    logits = logits.index_fill(-1, suppressed, float("-inf"))
+    targets = input_ids[:, first:]  # (N, keep-1)
+    token_lp = logits.gather(-1, targets[..., None]).squeeze(-1) - torch.logsumexp(logits, dim=-1)
+    result = torch.zeros(input_ids.shape, dtype=torch.float32, device=device)  # (N, L)
+    result[:, first:] = token_lp
+    return result * completion_mask
+
+
+__all__ = ["GenerationOutput", "generate", "encode_videos", "rollout_batch", "sequence_logprobs",
+           "trim_completion", "placeholder_ids"]
