@@ -1,0 +1,83 @@
+"""The `vt-data` command end to end in real subprocesses: exit codes, per-line reports and JSON output."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+EXTERNAL = Path(__file__).resolve().parents[3].parent / "shared" / "external"
+
+
+def vt_data(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "vt_data.cli", *args], capture_output=True, text=True,
+                          cwd=cwd, timeout=300)
+
+
+@pytest.fixture(scope="module")
+def synth_dir(tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("synth")
+    done = vt_data("synth", "--out", str(out), "--num-train-clips", "6", "--num-test-clips", "3", "--quiet")
+    assert done.returncode == 0, done.stderr
+    summary = json.loads(done.stdout)
+    assert summary["splits"]["train"]["samples"] == 6
+    return out
+
+
+def test_validate_clean_exits_zero(synth_dir):
+    done = vt_data("validate", str(synth_dir / "train.jsonl"), "--video-root", str(synth_dir))
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "6 records checked, 0 with problems" in done.stderr
+
+
+def test_validate_reports_each_bad_line_and_exits_one(synth_dir, tmp_path):
+    lines = (synth_dir / "train.jsonl").read_text().splitlines()
+    bad = [json.loads(line) for line in lines]
+    bad[1]["solution"] = "<answer>Z</answer>"
+    bad[1]["answer"] = "Z"
+    bad[3]["path"] = "videos/missing.mp4"
+    file = tmp_path / "bad.jsonl"
+    file.write_text("\n".join(json.dumps(b) for b in bad) + "\n")
+    done = vt_data("validate", str(file), "--video-root", str(synth_dir))
+    assert done.returncode == 1
+    report = done.stdout.splitlines()
+    assert any(line.startswith(f"{file}:2: field 'solution'") for line in report), report
+    assert any(line.startswith(f"{file}:4: field 'path'") and "missing.mp4" in line for line in report)
+    assert not any(f"{file}:1:" in line for line in report)
+
+
+def test_shard_then_stats_counts_every_record(synth_dir, tmp_path):
+    done = vt_data("shard", str(synth_dir / "train.jsonl"), "--video-root", str(synth_dir),
+                   "--out", str(tmp_path / "shards"), "--max-count", "4", "--quiet")
+    assert done.returncode == 0, done.stderr
+    assert json.loads(done.stdout)["total"] == 6
+    stats = json.loads(vt_data("stats", str(tmp_path / "shards")).stdout)
+    summary = stats[str(tmp_path / "shards")]
+    assert summary["records"] == 6 and summary["traced"] == 6 and summary["invalid"] == 0
+
+
+def test_probe_prints_facts_and_fails_cleanly_on_garbage(synth_dir, tmp_path):
+    clip = next((synth_dir / "videos").glob("*.mp4"))
+    facts = json.loads(vt_data("probe", str(clip)).stdout)
+    assert facts["width"] == 56 and facts["total_frames"] == 32
+    garbage = tmp_path / "garbage.mp4"
+    garbage.write_bytes(b"not a video at all" * 10)
+    done = vt_data("probe", str(garbage))
+    assert done.returncode == 1 and str(garbage) in done.stderr
+
+
+@pytest.mark.skipif(not EXTERNAL.is_dir(), reason="shared/external not present")
+def test_convert_real_video_holmes_and_bad_source(tmp_path):
+    file = EXTERNAL / "Video-Holmes" / "Pipeline" / "example_questions" / "RSmjqss0XKQ.json"
+    out = tmp_path / "holmes.jsonl"
+    done = vt_data("convert", "video_holmes", str(file), "--out", str(out))
+    assert done.returncode == 0, done.stderr
+    assert json.loads(done.stdout)["written"] == 8
+    assert vt_data("validate", str(out)).returncode == 0
+    unknown = vt_data("convert", "nope", str(file), "--out", str(out))
+    assert unknown.returncode == 2 and "known:" in unknown.stderr
+    missing = vt_data("convert", "video_holmes", str(tmp_path / "absent.json"), "--out", str(out))
+    assert missing.returncode == 2 and "absent.json" in missing.stderr and "Traceback" not in missing.stderr
