@@ -1,4 +1,4 @@
-"""The `vt-data` command: synth, convert, validate, shard, probe and stats (thin wrappers; the
+"""The `vt-data` command: synth, convert, validate, shard, probe, stats and curate (thin wrappers; the
 work lives in the library modules, imported lazily so `vt-data --help` stays instant)."""
 
 from __future__ import annotations
@@ -92,6 +92,12 @@ def cmd_stats(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_curate(args: argparse.Namespace) -> int:
+    from vt_data.curate.cli import main as curate_main
+
+    return curate_main(args.overrides) or 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="vt-data", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -132,6 +138,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("video")
     p.add_argument("--backend", default="pyav", choices=("pyav", "decord"))
     p.set_defaults(func=cmd_probe)
+
+    p = sub.add_parser("curate", add_help=False,
+                       help="build Video-Thinker-10K-style data (Hydra overrides follow; same as vt-curate)")
+    p.add_argument("overrides", nargs=argparse.REMAINDER)
+    p.set_defaults(func=cmd_curate)
 
     p = sub.add_parser("stats", help="counts per source, type, answer and trace for records or shards")
     p.add_argument("paths", nargs="+", help="record files or shard directories")

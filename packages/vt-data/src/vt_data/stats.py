@@ -1,5 +1,6 @@
 """Counts that describe a dataset at a glance: per source, problem and question type, gold answer,
-trace coverage and validation outcome (`vt-data stats`). Reads record files or shard directories."""
+trace coverage and validation outcome, and for curated data (vt_data.curate) the checker verdicts,
+regenerations and per-stage outcomes (`vt-data stats`). Reads record files or shard directories."""
 
 from __future__ import annotations
 
@@ -23,6 +24,8 @@ def summarize(records: Iterable[VideoQA]) -> dict[str, Any]:
     by_question_type: Counter[str] = Counter()
     gold: Counter[str] = Counter()
     outcome: Counter[str] = Counter()
+    stage_outcomes: dict[str, Counter[str]] = {}
+    regenerations: Counter[str] = Counter()
     total = traced = with_segments = invalid = 0
     for record in records:
         total += 1
@@ -37,6 +40,10 @@ def summarize(records: Iterable[VideoQA]) -> dict[str, Any]:
         provenance = record.extra.get("provenance")
         if isinstance(provenance, dict) and "verdict" in provenance:
             outcome[str(provenance["verdict"])] += 1
+            regenerations[str(provenance.get("regenerations", 0))] += 1
+        if isinstance(provenance, dict) and isinstance(provenance.get("outcomes"), dict):
+            for stage, result in provenance["outcomes"].items():
+                stage_outcomes.setdefault(str(stage), Counter())[str(result)] += 1
     summary: dict[str, Any] = {
         "records": total,
         "traced": traced,
@@ -50,6 +57,11 @@ def summarize(records: Iterable[VideoQA]) -> dict[str, Any]:
     }
     if outcome:
         summary["curation_verdicts"] = dict(sorted(outcome.items()))
+        summary["curation_regenerations"] = dict(sorted(regenerations.items()))
+    if stage_outcomes:
+        # {stage: {outcome: count}}, e.g. {"hindsight": {"pass": 9, "pass_after_1": 1}}.
+        summary["curation_stage_outcomes"] = {stage: dict(sorted(c.items()))
+                                              for stage, c in sorted(stage_outcomes.items())}
     return summary
 
 
