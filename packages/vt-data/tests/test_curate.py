@@ -564,7 +564,20 @@ def test_balanced_sampling_and_per_source_split():
 
 # --- configs and layering -----------------------------------------------------------------------
 def _options(group: str) -> list[str]:
-    return sorted(p.stem for p in (CONF / group).glob("*.yaml") if "_target_: ???" not in p.read_text())
+    """Config options that can be instantiated here: not the `_target_: ???` template, and not one whose
+    target lives in a package this environment lacks (vt-data's isolated venv has no vt_model)."""
+    import importlib.util
+    import re
+
+    names = []
+    for path in sorted((CONF / group).glob("*.yaml")):
+        target = re.search(r"^_target_:\s*(\S+)", path.read_text(), re.MULTILINE)
+        if target and target.group(1) == "???":
+            continue
+        if target and importlib.util.find_spec(target.group(1).split(".")[0]) is None:
+            continue
+        names.append(path.stem)
+    return names
 
 
 @pytest.mark.parametrize("teacher", _options("teacher"))

@@ -250,6 +250,8 @@ def collate_prompts(prompts: Sequence[Mapping[str, Any]], pad_token_id: int) -> 
 
     input_ids, attention_mask, mm_token_type_ids (B, L); pixel_values_videos, video_grid_thw (B, 3),
     second_per_grid_ts (B,). No position ids: generation computes them with the model's config.
+    Text-only prompts (no `pixel_values_videos`, e.g. the hindsight checker's) collate without video
+    keys; a batch must not mix the two kinds.
     """
     if not prompts:
         raise ValueError("no prompts to collate")
@@ -258,7 +260,11 @@ def collate_prompts(prompts: Sequence[Mapping[str, Any]], pad_token_id: int) -> 
         "attention_mask": _pad([p["attention_mask"] for p in prompts], 0, "left"),
         "mm_token_type_ids": _pad([p["mm_token_type_ids"] for p in prompts], 0, "left"),
     }
-    batch.update(_collate_video(prompts))
+    with_video = ["pixel_values_videos" in p for p in prompts]
+    if any(with_video) and not all(with_video):
+        raise ValueError("a prompt batch mixes prompts with and without a video")
+    if all(with_video):
+        batch.update(_collate_video(prompts))
     return batch
 
 

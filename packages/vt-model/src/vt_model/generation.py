@@ -197,7 +197,9 @@ def generate(
     prompt_lengths = batch["attention_mask"].sum(-1).tolist()
 
     inputs = _repeat_rows(batch, G)  # (B*G, L), positions (3, B*G, L)
-    if encode_once:
+    if "pixel_values_videos" not in batch:
+        pass  # a text-only prompt batch: nothing to encode
+    elif encode_once:
         features = encode_videos(model, batch["pixel_values_videos"], batch["video_grid_thw"])  # B tensors
         inputs["mm_encoder_outputs"] = _video_encoder_outputs([f for f in features for _ in range(G)])
     else:
