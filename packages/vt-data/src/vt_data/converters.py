@@ -53,16 +53,24 @@ from __future__ import annotations
 import csv
 import dataclasses
 import inspect
-import json
 import math
 import re
 from collections import Counter
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from vt_data.records import RecordError, Segment, VideoQA, format_options, iter_records, validate
+from vt_data.records import (
+    RecordError,
+    Segment,
+    VideoQA,
+    format_options,
+    iter_json_lines,
+    iter_records,
+    read_json,
+    validate,
+)
 from vt_data.timespan import Span, clip_span, format_span, parse_span
 
 
@@ -160,27 +168,6 @@ class _Loc:
     def error(self, message: str, field_name: str | None = None) -> RecordError:
         prefix = f"{self.item}: " if self.item else ""
         return RecordError(prefix + message, source=str(self.path), line=self.line, field_name=field_name)
-
-
-def _load_json(path: Path) -> Any:
-    # utf-8-sig: some annotation dumps start with a byte-order mark, which json.loads rejects.
-    try:
-        return json.loads(path.read_text(encoding="utf-8-sig"))
-    except json.JSONDecodeError as exc:
-        raise RecordError(f"invalid JSON: {exc.msg} at column {exc.colno}", source=str(path),
-                          line=exc.lineno) from None
-
-
-def _iter_jsonl(path: Path) -> Iterator[tuple[int, Any]]:
-    with path.open(encoding="utf-8-sig") as fh:
-        for lineno, line in enumerate(fh, 1):
-            if not line.strip():
-                continue
-            try:
-                yield lineno, json.loads(line)
-            except json.JSONDecodeError as exc:
-                raise RecordError(f"invalid JSON: {exc.msg} at column {exc.colno}", source=str(path),
-                                  line=lineno) from None
 
 
 def _need(obj: Any, key: str, kind: type | tuple[type, ...], loc: _Loc, *, optional: bool = False) -> Any:
@@ -301,7 +288,7 @@ def convert_activitynet_captions(path: Path, *, path_template: str = "{video_id}
     sentence (problem_id "<video_id>_<sentence index>")."""
     result = ConversionResult()
     counts = result.counts
-    data = _load_json(path)
+    data = read_json(path)
     if not isinstance(data, dict):
         raise _Loc(path).error(f"expected a JSON object keyed by video id, got {type(data).__name__}")
     for video_id, video in data.items():
@@ -347,7 +334,7 @@ def _load_durations(spec: Mapping[str, Any] | str | Path) -> dict[str, float]:
         raise FileNotFoundError(f"durations file not found: {path}")
     loc = _Loc(path)
     if path.suffix.lower() != ".csv":
-        data = _load_json(path)
+        data = read_json(path)
         if not isinstance(data, dict):
             raise loc.error(f"expected a JSON object {{video_id: seconds}}, got {type(data).__name__}")
         return {str(k): _duration(v, loc.at(item=f"video {k!r}")) for k, v in data.items()}
@@ -427,7 +414,7 @@ def convert_youcook2(path: Path, *, subset: str | None = None, path_template: st
     record per step (problem_id "<video_id>_<annotation id>")."""
     result = ConversionResult()
     counts = result.counts
-    data = _load_json(path)
+    data = read_json(path)
     database = _need(data, "database", dict, _Loc(path))
     for video_id, video in database.items():
         loc = _Loc(path, item=f"video {video_id!r}")
@@ -471,7 +458,7 @@ def _holmes_segments(annotations_dir: Path, video_id: str, counts: Counter) -> l
     if not file.is_file():
         counts["annotations_missing"] += 1
         return None
-    data = _load_json(file)
+    data = read_json(file)
     # The shipped files are a list holding one object; accept the bare object too.
     items = data if isinstance(data, list) else [data]
     segments = []
@@ -494,7 +481,7 @@ def convert_video_holmes(path: Path, *, annotations_dir: str | Path | None = Non
     """test_Video-Holmes.json -> MC records (problem_id "<video ID>_<Question ID>")."""
     result = ConversionResult()
     counts = result.counts
-    data = _load_json(path)
+    data = read_json(path)
     if not isinstance(data, list):
         raise _Loc(path).error(f"expected a JSON list of questions, got {type(data).__name__}")
     film_segments: dict[str, list[list] | None] = {}
@@ -557,7 +544,7 @@ def convert_vrbench(path: Path, *, path_template: str | None = None, video_ext: 
     the file's `video_path` unless `path_template` (fields video_id, ext, video_path) is given."""
     result = ConversionResult()
     counts = result.counts
-    for lineno, video in _iter_jsonl(path):
+    for lineno, video in iter_json_lines(path):
         loc = _Loc(path, line=lineno)
         video_id = _need(video, "video_id", str, loc)
         loc = loc.at(item=f"video {video_id!r}")
@@ -613,7 +600,7 @@ def convert_star(path: Path, *, path_template: str = "{video_id}{ext}", video_ex
     become the record's one segment (empty caption: STAR has no segment text)."""
     result = ConversionResult()
     counts = result.counts
-    data = _load_json(path)
+    data = read_json(path)
     if not isinstance(data, list):
         raise _Loc(path).error(f"expected a JSON list of questions, got {type(data).__name__}")
     videos = set()
@@ -684,7 +671,7 @@ def convert_lvbench(path: Path, *, path_template: str = "{video_id}{ext}", video
     record's one segment, clipped to video_info.duration_minutes."""
     result = ConversionResult()
     counts = result.counts
-    for lineno, video in _iter_jsonl(path):
+    for lineno, video in iter_json_lines(path):
         loc = _Loc(path, line=lineno)
         video_id = _need(video, "key", str, loc)
         loc = loc.at(item=f"video {video_id!r}")

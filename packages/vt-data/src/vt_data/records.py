@@ -221,7 +221,8 @@ class VideoQA:
             try:
                 kwargs["segments"] = [Segment.from_obj(s) for s in obj["segments"]]
             except (TypeError, ValueError, KeyError) as exc:
-                raise fail(f"each segment needs start, end (seconds) and caption: {exc}", "segments") from None
+                message = f"each segment needs start, end (seconds) and caption: {exc}"
+                raise fail(message, "segments") from None
         if obj.get("answer") is not None:
             kwargs["answer"] = str(obj["answer"])
         known = set(VIDEO_R1_FIELDS) | set(EXTRA_FIELDS)
@@ -317,20 +318,38 @@ def validate(record: VideoQA, *, video_root: str | Path | None = None) -> list[P
 
 
 # -- files ---------------------------------------------------------------------------------------
+def read_json(path: str | Path) -> Any:
+    """A whole JSON file; a syntax error raises RecordError naming file and line. utf-8-sig because
+    some annotation dumps start with a byte-order mark, which json.loads rejects."""
+    try:
+        return json.loads(Path(path).read_text(encoding="utf-8-sig"))
+    except json.JSONDecodeError as exc:
+        raise RecordError(f"invalid JSON: {exc.msg} at column {exc.colno}", source=str(path),
+                          line=exc.lineno) from None
+
+
+def iter_json_lines(path: str | Path) -> Iterator[tuple[int, Any]]:
+    """(1-based line number, parsed object) for each non-blank line of a JSONL file."""
+    with Path(path).open(encoding="utf-8-sig") as fh:
+        for lineno, line in enumerate(fh, 1):
+            if not line.strip():
+                continue
+            try:
+                yield lineno, json.loads(line)
+            except json.JSONDecodeError as exc:
+                raise RecordError(f"invalid JSON: {exc.msg} at column {exc.colno}", source=str(path),
+                                  line=lineno) from None
+
+
 def iter_records(path: str | Path) -> Iterator[tuple[int, VideoQA]]:
     """(line or list index, record) from a .jsonl file (1-based lines) or a .json list (0-based
     indices; errors read file[3])."""
     path = Path(path)
     if path.suffix == ".jsonl":
-        with path.open(encoding="utf-8") as fh:
-            for lineno, line in enumerate(fh, 1):
-                if line.strip():
-                    yield lineno, VideoQA.from_json(line, source=str(path), line=lineno)
+        for lineno, obj in iter_json_lines(path):
+            yield lineno, VideoQA.from_dict(obj, source=str(path), line=lineno)
         return
-    try:
-        items = json.loads(path.read_text(encoding="utf-8"))
-    except json.JSONDecodeError as exc:
-        raise RecordError(f"invalid JSON: {exc.msg}", source=str(path), line=exc.lineno) from None
+    items = read_json(path)
     if not isinstance(items, list):
         raise RecordError("expected a JSON list of records", source=str(path))
     for index, item in enumerate(items):

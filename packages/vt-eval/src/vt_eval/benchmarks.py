@@ -75,7 +75,15 @@ from pathlib import Path
 from typing import Any
 
 from vt_data.converters import convert
-from vt_data.records import RecordError, Segment, VideoQA, format_options, option_letter, validate
+from vt_data.records import (
+    RecordError,
+    Segment,
+    VideoQA,
+    format_options,
+    iter_json_lines,
+    option_letter,
+    validate,
+)
 from vt_data.timespan import clip_span
 
 # How a benchmark's per-sample scores aggregate (vt_eval.metrics):
@@ -288,18 +296,6 @@ def _read_json(path: Path, *, tolerant: bool = False, facts: dict[str, Any] | No
                           line=exc.lineno) from None
 
 
-def _read_jsonl(path: Path) -> Iterator[tuple[int, Any]]:
-    with path.open(encoding="utf-8-sig") as fh:
-        for lineno, line in enumerate(fh, 1):
-            if not line.strip():
-                continue
-            try:
-                yield lineno, json.loads(line)
-            except json.JSONDecodeError as exc:
-                raise RecordError(f"invalid JSON: {exc.msg} at column {exc.colno}", source=str(path),
-                                  line=lineno) from None
-
-
 _PREFIXED = re.compile(r"^\s*([A-Z])\s*[.:)]\s*\S")
 
 
@@ -497,7 +493,7 @@ def load_vsi_bench(path: Path, *, video_root: str | Path | None = None,
     typed by whether it has options (counted as `unknown_question_type`)."""
     counts: Counter = Counter()
     records = []
-    for lineno, item in _read_jsonl(path):
+    for lineno, item in iter_json_lines(path):
         where = f"line {lineno}"
         qtype = str(_need(item, "question_type", path, where))
         question = str(_need(item, "question", path, where))
