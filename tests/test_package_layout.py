@@ -4,10 +4,10 @@ no cycles, and no torchvision anywhere in what we install."""
 from __future__ import annotations
 
 import ast
-import tomllib
 from pathlib import Path
 
 import pytest
+import tomllib
 
 ROOT = Path(__file__).resolve().parents[1]
 PACKAGES = ["vt-data", "vt-model", "vt-sft", "vt-grpo", "vt-eval"]

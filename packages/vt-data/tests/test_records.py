@@ -3,6 +3,7 @@
 import json
 
 import pytest
+
 from vt_data.records import (
     RecordError,
     Segment,

@@ -4,9 +4,9 @@ model loaded from its directory (the tiny one here), text-only and with the vide
 from __future__ import annotations
 
 import numpy as np
+
 from vt_data.curate.models import CheckReply, CheckRequest, LocalChecker
 from vt_data.video import encode_video
-
 from vt_model.checker import ModelChecker, check_prompt
 
 REQUEST = CheckRequest(question="What colour is the shape shown right after the green shape?",

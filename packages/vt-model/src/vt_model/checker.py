@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import torch
+
 from vt_data.curate.models import CheckReply, CheckRequest, Usage
 from vt_data.trace import extract_answer
 
