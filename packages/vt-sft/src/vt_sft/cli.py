@@ -39,7 +39,7 @@ def _train(cfg: Any) -> dict[str, Any]:
         run_prepare,
     )
     from vt_model.training.checkpointing import AtomicCheckpoint, checkpoints_last
-    from vt_sft.export import export_hf
+    from vt_model.training.export import export_hf
 
     run_dir = Path(cfg.paths.run_dir)
     print_and_save_config(cfg, run_dir)

@@ -1,6 +1,7 @@
-"""The final model in Hugging Face format: a standalone directory (weights with any LoRA merged,
-config, tokenizer, preprocessing configs) that `vt_model.loading.load_model` and the GRPO and eval
-stages read like a released checkpoint.
+"""The final model of a training stage (SFT or GRPO) in Hugging Face format: a standalone directory
+(weights with any LoRA merged, config, tokenizer, preprocessing configs) that `vt_model.loading.load_model`
+and the next stages read like a released checkpoint. The directory appears atomically (written next to
+it, then renamed).
 
 Under ZeRO-3 the parameters are partitioned across ranks: every rank joins the gather, rank 0 writes.
 Under DDP and ZeRO-1/2 every rank holds full parameters, and only rank 0 writes.
