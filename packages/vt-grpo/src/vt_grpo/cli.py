@@ -49,7 +49,6 @@ def _train(cfg: Any) -> dict[str, Any]:
     from hydra.utils import instantiate
     from lightning.pytorch import seed_everything
 
-    from vt_model.training.export import export_hf
     from vt_model.training.app import (
         instantiate_group,
         pin_relaunch_command,
@@ -57,6 +56,7 @@ def _train(cfg: Any) -> dict[str, Any]:
         run_prepare,
     )
     from vt_model.training.checkpointing import AtomicCheckpoint
+    from vt_model.training.export import export_hf
 
     run_dir = Path(cfg.paths.run_dir)
     print_and_save_config(cfg, run_dir)
