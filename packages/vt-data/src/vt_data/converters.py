@@ -110,7 +110,7 @@ def convert(source: str, path: str | Path, *, check: bool | str = True, **option
         raise ValueError(f"unknown source {source!r}; known sources: {', '.join(sorted(CONVERTERS))}")
     fn = CONVERTERS[source]
     _check_options(source, fn, options)
-    check = _as_bool(check, "check")
+    check = as_bool(check, "check")
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"{source}: annotation file not found: {path}")
@@ -139,7 +139,8 @@ def _check_options(source: str, fn: Converter, options: Mapping[str, Any]) -> No
                          f"its options: {', '.join(accepted) or '(none)'}")
 
 
-def _as_bool(value: bool | str, name: str) -> bool:
+def as_bool(value: bool | str, name: str) -> bool:
+    """A boolean option given as a bool or a CLI string (true/false, yes/no, 1/0, on/off)."""
     if isinstance(value, bool):
         return value
     lowered = str(value).strip().lower()

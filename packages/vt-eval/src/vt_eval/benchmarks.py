@@ -74,7 +74,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from vt_data.converters import convert
+from vt_data.converters import as_bool, convert
 from vt_data.records import (
     RecordError,
     Segment,
@@ -217,17 +217,6 @@ def _jsonable(value: Any) -> Any:
 
 
 # --- small readers and option parsers ----------------------------------------------------------------
-def _as_bool(value: bool | str, name: str) -> bool:
-    if isinstance(value, bool):
-        return value
-    lowered = str(value).strip().lower()
-    if lowered in ("1", "true", "yes", "on"):
-        return True
-    if lowered in ("0", "false", "no", "off"):
-        return False
-    raise ValueError(f"option {name!r} must be true or false, got {value!r}")
-
-
 def _as_list(value: str | Iterable[str] | None) -> list[str] | None:
     """'a,b' or ['a', 'b'] -> ['a', 'b']; None stays None."""
     if value is None:
@@ -625,7 +614,7 @@ def load_mmvu(path: Path, *, video_root: str | Path | None = None, include_open:
     open-ended items are excluded and counted in `facts["excluded_open"]`, or kept as free-form with
     `include_open=true` (then scored by the declared free-form metric, not a GPT judge). The video path
     is the part of the HF URL after /resolve/main/ (`path_template` fields: video_relpath, video_name, id)."""
-    include_open = _as_bool(include_open, "include_open")
+    include_open = as_bool(include_open, "include_open")
     data = _read_json(path)
     if not isinstance(data, list):
         raise RecordError(f"expected a JSON list of questions, got {type(data).__name__}", source=str(path))
