@@ -19,7 +19,7 @@ $(STAMP): requirements/constraints.txt requirements/dev.txt $(foreach p,$(PACKAG
 	$(BIN)/pip install --quiet $(TORCH)
 	$(BIN)/pip install --quiet -c requirements/constraints.txt -r requirements/dev.txt \
 		$(foreach p,$(PACKAGES),-e packages/$(p))
-	@! $(BIN)/pip show --quiet torchvision 2>/dev/null || (echo "torchvision must not be installed (README)"; exit 1)
+	@! $(BIN)/pip show --quiet torchvision 2>/dev/null || (echo "torchvision is installed in $(VENV): never install it (README)"; exit 1)
 	touch $(STAMP)
 
 # The main job. For now the data part: synthesize, shard, validate, summarise.
