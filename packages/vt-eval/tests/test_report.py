@@ -173,7 +173,6 @@ def test_an_evaluation_of_the_tiny_model_produces_the_table(tiny_run, tmp_path):
 
 
 def test_an_evaluation_of_the_tiny_model_produces_the_plots(tiny_run, tmp_path):
-    pytest.importorskip("matplotlib", reason="matplotlib is not installed; plots are skipped by design")
     result = write_report([tiny_run], tmp_path)
     pngs = sorted(p.name for p in (tmp_path / "plots").glob("*.png"))
     assert pngs == ["tiny__tiny_cpu__synthetic__categories.png", "tiny__tiny_cpu__synthetic__iou.png"]
