@@ -81,3 +81,16 @@ def test_convert_real_video_holmes_and_bad_source(tmp_path):
     assert unknown.returncode == 2 and "known:" in unknown.stderr
     missing = vt_data("convert", "video_holmes", str(tmp_path / "absent.json"), "--out", str(out))
     assert missing.returncode == 2 and "absent.json" in missing.stderr and "Traceback" not in missing.stderr
+
+
+def test_synth_flags_set_the_traced_regime(tmp_path):
+    done = vt_data("synth", "--out", str(tmp_path), "--num-train-clips", "10", "--num-test-clips", "2",
+                   "--traced-types", "span_colour,first_colour", "--traced-fraction", "1.0", "--quiet")
+    assert done.returncode == 0, done.stderr
+    records = [json.loads(line) for line in (tmp_path / "train.jsonl").read_text().splitlines()]
+    traced = {r["question_type"] for r in records if r["process"]}
+    answer_only = {r["question_type"] for r in records if not r["process"]}
+    assert traced == {"span_colour", "first_colour"}
+    assert answer_only == {"after_colour", "before_colour", "last_colour"}
+    bad = vt_data("synth", "--out", str(tmp_path / "x"), "--traced-types", "nope", "--quiet")
+    assert bad.returncode == 2 and "nope" in bad.stderr

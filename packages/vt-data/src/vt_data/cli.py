@@ -21,6 +21,10 @@ def cmd_synth(args: argparse.Namespace) -> int:
         value = getattr(args, name)
         if value is not None:
             overrides[name] = value
+    for name in ("question_types", "traced_types"):
+        value = getattr(args, name)
+        if value is not None:
+            overrides[name] = tuple(t.strip() for t in value.split(",") if t.strip())
     if args.shuffle_options:
         overrides["shuffle_options"] = True
     summary = build_dataset(Path(args.out), SynthConfig(**overrides), progress=not args.quiet)
@@ -109,6 +113,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--num-test-clips", type=int, default=None)
     p.add_argument("--num-colours", type=int, default=None)
     p.add_argument("--traced-fraction", type=float, default=None)
+    p.add_argument("--question-types", default=None, metavar="A,B",
+                   help="comma-separated question types (default: all five)")
+    p.add_argument("--traced-types", default=None, metavar="A,B",
+                   help="question types whose train samples may carry a full trace; the rest are "
+                        "answer-only (the method's data regime: traces for a part, answers for the rest)")
     p.add_argument("--shuffle-options", action="store_true", help="harder: shuffle options per question")
     p.add_argument("--quiet", action="store_true")
     p.set_defaults(func=cmd_synth)

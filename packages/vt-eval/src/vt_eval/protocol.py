@@ -184,7 +184,7 @@ def prompt_hash(prompt_text: str, protocol: Protocol) -> str:
 PRESETS: dict[str, Protocol] = {
     "video_thinker": Protocol(),
     "video_r1": Protocol(name="video_r1", template="video_r1", max_pixels=256 * 28 * 28),
-    "tiny_cpu": Protocol(name="tiny_cpu", min_pixels=4 * 28 * 28, max_new_tokens=32),
+    "tiny_cpu": Protocol(name="tiny_cpu", min_pixels=4 * 28 * 28, max_new_tokens=128),
 }
 
 
