@@ -197,12 +197,11 @@ def generate(
     prompt_lengths = batch["attention_mask"].sum(-1).tolist()
 
     inputs = _repeat_rows(batch, G)  # (B*G, L), positions (3, B*G, L)
-    if "pixel_values_videos" not in batch:
-        pass  # a text-only prompt batch: nothing to encode
-    elif encode_once:
+    has_video = "pixel_values_videos" in batch  # text-only prompts (the hindsight checker) have none
+    if has_video and encode_once:
         features = encode_videos(model, batch["pixel_values_videos"], batch["video_grid_thw"])  # B tensors
         inputs["mm_encoder_outputs"] = _video_encoder_outputs([f for f in features for _ in range(G)])
-    else:
+    elif has_video:
         pixels = _split_pixels(batch)
         inputs["pixel_values_videos"] = torch.cat([p for p in pixels for _ in range(G)], dim=0)
         inputs["video_grid_thw"] = batch["video_grid_thw"].repeat_interleave(G, dim=0)
