@@ -22,13 +22,12 @@ $(STAMP): requirements/constraints.txt requirements/dev.txt $(foreach p,$(PACKAG
 	@! $(BIN)/pip show --quiet torchvision 2>/dev/null || (echo "torchvision is installed in $(VENV): never install it (README)"; exit 1)
 	touch $(STAMP)
 
-# The main job. For now the data part: synthesize, shard, validate, summarise.
+# The main job on CPU (experiments/tiny_cpu/): synthetic data -> tiny Qwen2.5-VL -> SFT -> GRPO (3 seeds)
+# beside the continued-SFT control -> evaluation of every stage -> table and plots in $(RUN)/report.
+# Rerunning continues an interrupted demo; DEMO_ARGS takes overrides of experiments/tiny_cpu/demo.yaml.
+DEMO_ARGS ?=
 demo: $(STAMP)
-	$(BIN)/vt-data synth --out $(RUN)/data --seed 0
-	$(BIN)/vt-data validate $(RUN)/data/train.jsonl --video-root $(RUN)/data
-	$(BIN)/vt-data shard $(RUN)/data/train.jsonl --video-root $(RUN)/data --out $(RUN)/shards/train
-	$(BIN)/vt-data shard $(RUN)/data/test.jsonl --video-root $(RUN)/data --out $(RUN)/shards/test
-	$(BIN)/vt-data stats $(RUN)/shards/train $(RUN)/shards/test
+	$(BIN)/python experiments/tiny_cpu/demo.py --out $(RUN) $(DEMO_ARGS)
 
 # The whole suite, then vt-data installed alone in its own venv (proves per-package reuse).
 test: $(STAMP)

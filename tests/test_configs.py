@@ -4,6 +4,9 @@ One parametrised test over: every primary config in conf/ (discovered: conf/*.ya
 every experiment of that primary) × every trainer/strategy option, plus every other option of every
 config group the primary's defaults list names. An experiment belongs to the primary whose app its
 header names (`# vt-sft experiment=...` -> conf/sft.yaml), so GRPO/eval experiments join automatically.
+Experiments in subfolders of experiments/experiment/ are found too, under their Hydra name: the path
+relative to that folder without `.yaml` (experiments/experiment/ablations/frames_32.yaml ->
+`experiment=ablations/frames_32`).
 
 For each composition: every `_target_` resolves and its signature accepts the node's keys (bound, not
 called: trainers, loggers, launchers and asset builders are not run); the LightningModule, the data
@@ -28,6 +31,16 @@ STRATEGIES = sorted(p.stem for p in (CONF / "trainer" / "strategy").glob("*.yaml
 # Nodes instantiated for real (cheap, no weights); everything else with a _target_ is only bound.
 INSTANTIATED = ("module", "datamodule", "batch", "callbacks", "trainer.strategy")
 _SPECIAL_KEYS = {"_target_", "_partial_", "_recursive_", "_convert_", "_args_"}
+
+
+def experiment_files() -> list[Path]:
+    """Every experiment config, subfolders included (Hydra reads `experiment=a/b` from a/b.yaml)."""
+    return sorted(EXPERIMENTS.rglob("*.yaml"))
+
+
+def experiment_name(path: Path) -> str:
+    """The Hydra name of an experiment file: its path under experiments/experiment/, without .yaml."""
+    return path.relative_to(EXPERIMENTS).with_suffix("").as_posix()
 
 
 def primary_of(experiment: Path) -> str | None:
@@ -57,7 +70,7 @@ def primary_groups(primary: str) -> list[str]:
 def cases() -> list:
     out = []
     for primary in PRIMARIES:
-        experiments = [None] + sorted(p.stem for p in EXPERIMENTS.glob("*.yaml") if primary_of(p) == primary)
+        experiments = [None] + [experiment_name(p) for p in experiment_files() if primary_of(p) == primary]
         # Primaries without a Lightning trainer (vt-eval) have no strategy axis.
         strategies = STRATEGIES if "trainer/strategy" in primary_groups(primary) else [None]
         for experiment in experiments:
@@ -76,9 +89,10 @@ def cases() -> list:
 
 
 def test_every_experiment_names_an_existing_primary():
-    for experiment in EXPERIMENTS.glob("*.yaml"):
-        assert primary_of(experiment) in PRIMARIES, f"{experiment.name}: its header must name its app"
-    for path in [*CONF.rglob("*.yaml"), *EXPERIMENTS.glob("*.yaml")]:
+    for experiment in experiment_files():
+        name = experiment_name(experiment)
+        assert primary_of(experiment) in PRIMARIES, f"{name}: its header must name its app"
+    for path in [*CONF.rglob("*.yaml"), *experiment_files()]:
         assert path.read_text().lstrip().startswith("#"), f"{path}: open with its launch command in a comment"
 
 

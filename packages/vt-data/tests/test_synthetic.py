@@ -59,6 +59,16 @@ def hard(tmp_path_factory) -> Path:
     return root
 
 
+@pytest.fixture(scope="module")
+def fewer(tmp_path_factory) -> Path:
+    """Two 4-s segments per clip from a palette of four: two options are never shown."""
+    root = tmp_path_factory.mktemp("fewer")
+    config = SynthConfig(num_train_clips=16, num_test_clips=8, num_segments=2, seconds_per_segment=4.0,
+                         question_types=("span_colour", "first_colour", "last_colour"), seed=5)
+    build_dataset(root, config, progress=False, workers=1)
+    return root
+
+
 # --- determinism --------------------------------------------------------------------------------
 def test_same_seed_same_bytes_for_any_worker_count(small, tmp_path):
     build_dataset(tmp_path / "again", SMALL, progress=False, workers=2)
@@ -161,7 +171,7 @@ def _frame_colour(frame: np.ndarray, palette: list[str]) -> str:
     return min(palette, key=lambda c: np.linalg.norm(mean - np.array(COLOURS[c])))
 
 
-@pytest.mark.parametrize("name", ["small", "hard"])
+@pytest.mark.parametrize("name", ["small", "hard", "fewer"])
 def test_videos_show_what_the_answer_says(name, request):
     root = request.getfixturevalue(name)
     for records in _load(root).values():
@@ -179,6 +189,22 @@ def test_videos_show_what_the_answer_says(name, request):
             for frame, t in zip(clip.frames, clip.timestamps, strict=True):
                 start, end, caption = next(s for s in record.extra["video_segments"] if s[0] <= t < s[1])
                 assert _frame_colour(frame, palette) == _colour_of(caption)
+
+
+def test_fewer_segments_than_colours(fewer):
+    meta = json.loads((fewer / "meta.json").read_text())
+    assert meta["duration"] == 8.0
+    for records in _load(fewer).values():
+        for record in records:
+            shown = [_colour_of(c) for *_, c in record.extra["video_segments"]]
+            palette = [strip_option_prefix(o) for o in record.options]
+            assert palette == ["red", "green", "blue", "yellow"]  # all four options, fixed order
+            assert len(shown) == len(set(shown)) == 2 and set(shown) <= set(palette)
+            assert [s[:2] for s in record.extra["video_segments"]] == [[0.0, 4.0], [4.0, 8.0]]
+            colour, _ = _oracle(record)
+            assert _answer_text(record) == colour in shown
+    with pytest.raises(ValueError, match="num_segments"):
+        SynthConfig(num_segments=5)
 
 
 # --- splits, balance, knobs ---------------------------------------------------------------------

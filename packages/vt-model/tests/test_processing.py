@@ -29,7 +29,8 @@ from vt_model.processing import (
     unpatchify,
 )
 
-# Real test videos live next to the repository: ../shared/external beside the checkout (tests skip when absent).
+# Real test videos live next to the repository: ../shared/external beside the checkout
+# (tests skip when absent).
 EXTERNAL = Path(__file__).resolve().parents[3].parent / "shared" / "external"
 PANCAKE = EXTERNAL / "decord" / "examples" / "flipping_a_pancake.mkv"
 

@@ -22,9 +22,9 @@ from vt_model.tiny import (
 )
 
 # Pinned from this implementation: the default corpus trains 610 BPE tokens (+ 22 specials).
-TINY_TOKENIZER_SIZE = 632
-TINY_DEFAULT_PARAMS = 239_840  # stack.md §5 sizes with vocab 640 (231,648 at vocab 576)
-TINY_128x4_PARAMS = 988_352  # learnability.md's 1.0 M model: hidden 128 x 4 layers, vision 64
+TINY_TOKENIZER_SIZE = 647
+TINY_DEFAULT_PARAMS = 248_032  # stack.md §5 sizes with vocab 704 (231,648 at vocab 576)
+TINY_128x4_PARAMS = 1_004_736  # learnability.md's 1.0 M model: hidden 128 x 4 layers, vision 64
 
 
 @pytest.fixture(scope="module")
@@ -123,7 +123,7 @@ def test_mrope_section_and_config_validation(tokenizer):
     assert default_mrope_section(32) == [4, 6, 6]
     assert default_mrope_section(16) == [2, 3, 3]
     config = tiny_config(tokenizer)
-    assert config.text_config.vocab_size == 640
+    assert config.text_config.vocab_size == 704
     assert config.text_config.rope_parameters["mrope_section"] == [2, 3, 3]
     assert config.video_token_id == tokenizer.convert_tokens_to_ids("<|video_pad|>")
     assert config.vision_config.out_hidden_size == config.text_config.hidden_size
@@ -144,7 +144,7 @@ def test_cli_writes_a_model_directory_that_loads_like_a_checkpoint(tmp_path, cap
     assert main(args) == 0
     record = json.loads(capsys.readouterr().out)
     assert record["num_parameters"] == TINY_128x4_PARAMS
-    assert record["vocab_size"] == 640
+    assert record["vocab_size"] == 704
     for name in ("config.json", "model.safetensors", "generation_config.json", "tokenizer.json",
                  "tokenizer_config.json", "chat_template.jinja", "preprocessor_config.json",
                  "video_preprocessor_config.json", "vt_model_tiny.json"):

@@ -17,7 +17,8 @@ def cmd_synth(args: argparse.Namespace) -> int:
     from vt_data.synthetic import SynthConfig, build_dataset
 
     overrides = {}
-    for name in ("num_train_clips", "num_test_clips", "num_colours", "traced_fraction", "seed"):
+    for name in ("num_train_clips", "num_test_clips", "num_colours", "num_segments", "seconds_per_segment",
+                 "traced_fraction", "seed"):
         value = getattr(args, name)
         if value is not None:
             overrides[name] = value
@@ -72,6 +73,12 @@ def cmd_shard(args: argparse.Namespace) -> int:
     from vt_data.shards import write_shards
 
     records = [r for f in args.files for r in load_records(f)]
+    # The method's data regime: SFT on the traced part, GRPO on the answer-only part (method.md §5, §7).
+    if args.select != "all":
+        records = [r for r in records if bool(r.process.strip()) == (args.select == "traced")]
+        if not records:
+            print(f"no {args.select} records in {', '.join(args.files)}", file=sys.stderr)
+            return 1
     summary = write_shards(records, args.video_root, args.out, max_count=args.max_count,
                            progress=not args.quiet)
     _print_json(summary)
@@ -112,6 +119,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--num-train-clips", type=int, default=None)
     p.add_argument("--num-test-clips", type=int, default=None)
     p.add_argument("--num-colours", type=int, default=None)
+    p.add_argument("--num-segments", type=int, default=None, help="segments per clip (default: num-colours)")
+    p.add_argument("--seconds-per-segment", type=float, default=None)
     p.add_argument("--traced-fraction", type=float, default=None)
     p.add_argument("--question-types", default=None, metavar="A,B",
                    help="comma-separated question types (default: all five)")
@@ -140,6 +149,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--video-root", required=True)
     p.add_argument("--out", required=True)
     p.add_argument("--max-count", type=int, default=256, help="samples per shard")
+    p.add_argument("--select", choices=("all", "traced", "answer-only"), default="all",
+                   help="only records with a trace (SFT data) or only those without (GRPO prompts)")
     p.add_argument("--quiet", action="store_true")
     p.set_defaults(func=cmd_shard)
 

@@ -104,6 +104,14 @@ class Question:
 QuestionGenerator = Callable[[ClipTruth, str, str], Question | None]
 
 
+_ORDINALS = ("first", "second", "third", "fourth", "fifth", "sixth", "seventh")
+
+
+def ordinal(index: int, count: int) -> str:
+    """A segment's place in words: "first", "second", ..., and "last" for the final one."""
+    return "last" if index == count - 1 else _ORDINALS[index]
+
+
 def _conclude(found: str, answer: str, letter: str) -> str:
     """The closing think, e.g. " next is red, red is B": every colour word and letter after a space
     (one tokenisation everywhere) and the colour-to-letter lookup spelled out."""
@@ -112,14 +120,20 @@ def _conclude(found: str, answer: str, letter: str) -> str:
 
 def span_colour(truth: ClipTruth, answer: str, letter: str) -> Question | None:
     """"What colour is the shape shown from 00:04 to 00:06?": ground an explicit span."""
+    if answer not in truth.colours:  # a colour the clip does not show (num_segments < num_colours)
+        return None
     k = truth.colours.index(answer)
     start, end = truth.span(k)
     problem = f"What colour is the shape shown from {format_time(start)} to {format_time(end)}?"
-    return Question(problem, ((k, _conclude("", answer, letter)),))
+    # The think names the segment's place ("first", ..., "last"): the words the first/last questions
+    # use, so a model that only saw traced span questions still knows them (make demo's data regime).
+    return Question(problem, ((k, _conclude(ordinal(k, len(truth.colours)), answer, letter)),))
 
 
 def after_colour(truth: ClipTruth, answer: str, letter: str) -> Question | None:
     """"…shown right after the green shape?": find the anchor, then step one segment forward."""
+    if answer not in truth.colours:  # a colour the clip does not show (num_segments < num_colours)
+        return None
     k = truth.colours.index(answer)
     if k == 0:
         return None
@@ -130,6 +144,8 @@ def after_colour(truth: ClipTruth, answer: str, letter: str) -> Question | None:
 
 def before_colour(truth: ClipTruth, answer: str, letter: str) -> Question | None:
     """"…shown right before the green shape?": find the anchor, then step one segment back."""
+    if answer not in truth.colours:  # a colour the clip does not show (num_segments < num_colours)
+        return None
     k = truth.colours.index(answer)
     if k == len(truth.colours) - 1:
         return None
@@ -177,8 +193,12 @@ class SynthConfig:
     # Frame side in pixels; a multiple of 28 so frames need no resizing for Qwen2.5-VL.
     size: int = 56
     fps: int = 4
-    # Palette size = segments per clip = options per question (at most len(COLOURS)).
+    # Palette size = options per question (at most len(COLOURS)), listed in a fixed order.
     num_colours: int = 4
+    # Segments per clip, each a different palette colour; None = num_colours (every colour shown once).
+    # Fewer segments than colours leaves some options absent from the clip, so a model that only sees
+    # which colours are present already beats chance (a ladder for tiny models, make demo).
+    num_segments: int | None = None
     # False: options always list the palette in the same order (learnable in minutes); True: harder.
     shuffle_options: bool = False
     question_types: tuple[str, ...] = QUESTION_TYPES
@@ -201,6 +221,9 @@ class SynthConfig:
             problems.append("questions_per_clip must be >= 1")
         if not 2 <= self.num_colours <= len(COLOURS):
             problems.append(f"num_colours must be in 2..{len(COLOURS)}, got {self.num_colours}")
+        if self.num_segments is not None and not 1 <= self.num_segments <= self.num_colours:
+            problems.append(f"num_segments must be in 1..num_colours ({self.num_colours}), "
+                            f"got {self.num_segments}")
         if self.size <= 0 or self.size % _PATCH_MULTIPLE:
             problems.append(f"size must be a positive multiple of {_PATCH_MULTIPLE}, got {self.size}")
         frames = self.fps * self.seconds_per_segment
@@ -223,8 +246,12 @@ class SynthConfig:
         return tuple(COLOURS)[: self.num_colours]
 
     @property
+    def segments(self) -> int:
+        return self.num_segments or self.num_colours
+
+    @property
     def duration(self) -> float:
-        return self.num_colours * self.seconds_per_segment
+        return self.segments * self.seconds_per_segment
 
 
 # --- drawing ------------------------------------------------------------------------------------
@@ -323,7 +350,7 @@ def _draw_order(plan: Sequence[tuple[str, int]], config: SynthConfig, rng: np.ra
     palette = config.palette
     truth = None
     for _ in range(_MAX_ORDER_TRIES):
-        order = tuple(palette[i] for i in rng.permutation(len(palette)))
+        order = tuple(palette[i] for i in rng.permutation(len(palette))[: config.segments])
         truth = ClipTruth(order, shapes, config.seconds_per_segment)
         if config.shuffle_options or all(
             QUESTION_GENERATORS[t](truth, palette[letter], "A") is not None for t, letter in plan
@@ -414,7 +441,7 @@ def build_clip(job: ClipJob, out_dir: str | Path) -> list[VideoQA]:
 
     config = job.config
     rng = clip_rng(config.seed, job.split, job.index)
-    shapes = tuple(SHAPES[i] for i in rng.integers(len(SHAPES), size=config.num_colours))
+    shapes = tuple(SHAPES[i] for i in rng.integers(len(SHAPES), size=config.segments))
     truth = _draw_order(job.plan, config, rng, shapes)
     motions = [sample_motion(rng, config.size) for _ in truth.colours]
     frames = render_clip(truth, motions, size=config.size, fps=config.fps)

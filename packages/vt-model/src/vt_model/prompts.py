@@ -101,6 +101,11 @@ _VIDEO_R1_OPEN = (
     "inside <answer></answer> tags."
 )
 
+_COMPACT_SUFFIX = ("For each key segment give <time>, <caption> and <think>, then the option letter in "
+                   "<answer></answer>.")
+_COMPACT_OPEN = ("For each key segment give <time>, <caption> and <think>, then the answer in "
+                 "<answer></answer>.")
+
 TEMPLATES: dict[str, PromptTemplate] = {
     "video_thinker": PromptTemplate(
         name="video_thinker",
@@ -113,6 +118,15 @@ TEMPLATES: dict[str, PromptTemplate] = {
         system=None,  # Video-R1 puts its whole instruction in the user turn
         user_suffix=_VIDEO_R1_SUFFIX,
         open_suffix=_VIDEO_R1_OPEN,
+    ),
+    # The video_thinker format with a one-line instruction and the chat template's default system turn:
+    # ~25 text tokens instead of ~300, for tiny models trained on a CPU, where every prompt token
+    # costs time (the `tiny_cpu` experiment and `make demo`). Not a paper setting.
+    "compact": PromptTemplate(
+        name="compact",
+        system=None,
+        user_suffix=_COMPACT_SUFFIX,
+        open_suffix=_COMPACT_OPEN,
     ),
     "direct": PromptTemplate(
         name="direct",

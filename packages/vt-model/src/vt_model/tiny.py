@@ -102,6 +102,7 @@ QWEN25_VL_CHAT_TEMPLATE = r"""
 # prompt as method.md §3 describes it. Any text still encodes (byte-level BPE); the corpus only decides
 # which strings become single tokens. Pass `extra_corpus` for text written later (the final prompt).
 COLOURS = ("red", "green", "blue", "yellow", "orange", "purple", "cyan", "white")
+ORDINALS = ("first", "second", "third", "fourth", "last", "next", "before")
 SHAPES = ("square", "circle", "triangle")
 PROMPT_LINES = (
     DEFAULT_SYSTEM_PROMPT,
@@ -117,6 +118,7 @@ PROMPT_LINES = (
     "and put only the single option letter in <answer></answer>, following the format in the system message.",
     "Describe every segment of the video.",
     "Answer with the option letter only.",
+    "For each key segment give <time>, <caption> and <think>, then the option letter in <answer></answer>.",
     "system", "user", "assistant",
     "0 1 2 3 4 5 6 7 8 9 10 11 12 13 14 15 16 17 18 19 20 30 40 50 60 100",
     ". , : ; ! ? ( ) [ ] { } - + = * / \\ ' \" _ # % & @ < > | ~ ` ^ $",
@@ -156,6 +158,9 @@ def tiny_corpus() -> list[str]:
                     f"<think>Hmm, the {shape} is {colour}, so the answer is {letter}.</think>\n"
                     f"<answer>{letter}</answer>"
                 )
+    for word in ORDINALS:
+        lines.append(f"What colour is the {word} shape shown?")
+        lines.append(f"<think> {word} is red, red is A</think>")
     for shift in range(len(COLOURS)):
         options = [COLOURS[(shift + i) % len(COLOURS)] for i in range(4)]
         lines.append("Options:\n" + "\n".join(f"{letters[i]}. {c}" for i, c in enumerate(options)))
@@ -365,7 +370,7 @@ def tiny_config(
     tokens_per_second: int = 2,
     window_size: int = 112,
 ) -> Qwen2_5_VLConfig:
-    """A small `Qwen2_5_VLConfig` (defaults: stack.md §5, 231,648 params with the tiny vocabulary).
+    """A small `Qwen2_5_VLConfig` (defaults: stack.md §5 sizes; 248,032 params with the tiny vocabulary).
 
     Token ids and the vocabulary size (len(tokenizer) rounded up to a multiple of 64) come from the
     tokenizer; without one, the real Qwen2.5 ids and a 151,680 vocabulary are assumed. mrope_section

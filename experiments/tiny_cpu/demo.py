@@ -1,0 +1,243 @@
+"""`make demo`: the whole method on a CPU, end to end, with a table and plots at the end.
+
+    python experiments/tiny_cpu/demo.py                          # = make demo; writes runs/demo/
+    python experiments/tiny_cpu/demo.py --out runs/demo2 seeds=[0] sft.steps=300   # demo.yaml overrides
+    python experiments/tiny_cpu/demo.py --config experiments/tiny_cpu/smoke.yaml --out /tmp/smoke
+
+Stages, each one of the project's own commands (so the demo is exactly what a user would type):
+synthetic data with traces on a small part (`vt-data synth`, `vt-data shard --select`) → a random tiny
+Qwen2.5-VL (`vt-model tiny`) → SFT on the traced part (`vt-sft experiment=tiny_cpu`) → per seed, GRPO on
+the answer-only part (`vt-grpo experiment=tiny_cpu_grpo`) beside continued SFT on the traced part for
+the same wall time (the control) → `vt-eval` of the base, SFT, GRPO and control models → the stage
+table and plots (`vt_eval.stages`). Output: <out>/report/{table.md,summary.json,plots/}.
+
+Rerunning the same command skips finished stages (a marker per stage under <out>/stages/), and the
+training commands resume from their checkpoints, so an interrupted demo continues where it stopped.
+A failed stage stops the demo and prints the end of its log (<out>/logs/<stage>.log).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from omegaconf import OmegaConf
+
+HERE = Path(__file__).resolve().parent
+ROOT = HERE.parents[1]
+BIN = Path(sys.executable).parent  # the venv's console scripts sit beside its python
+
+
+@dataclass
+class Stage:
+    """One step of the pipeline: commands run in order; done once its marker exists."""
+
+    name: str
+    commands: list[list[str]]
+    threads: int
+    info: dict = field(default_factory=dict)
+
+
+def tool(name: str) -> str:
+    path = BIN / name
+    return str(path) if path.exists() else name
+
+
+def time_limit_seconds(value: str) -> int:
+    """"DD:HH:MM:SS" (Lightning's max_time format) -> seconds."""
+    days, hours, minutes, seconds = (int(x) for x in str(value).split(":"))
+    return ((days * 24 + hours) * 60 + minutes) * 60 + seconds
+
+
+class Pipeline:
+    """Runs stages as subprocesses with per-stage logs, markers and timings; prints progress."""
+
+    def __init__(self, out: Path, cfg, total: int) -> None:
+        self.out, self.cfg, self.total, self.finished = out, cfg, total, 0
+        (out / "logs").mkdir(parents=True, exist_ok=True)
+        (out / "stages").mkdir(parents=True, exist_ok=True)
+        self.started = time.monotonic()
+
+    def marker(self, stage: Stage) -> Path:
+        return self.out / "stages" / f"{stage.name}.json"
+
+    def done(self, stage: Stage) -> dict | None:
+        path = self.marker(stage)
+        return json.loads(path.read_text()) if path.is_file() else None
+
+    def _env(self, threads: int) -> dict[str, str]:
+        env = dict(os.environ, VT_ROOT=str(ROOT), OMP_NUM_THREADS=str(threads),
+                   MKL_NUM_THREADS=str(threads), OMP_WAIT_POLICY="PASSIVE", TOKENIZERS_PARALLELISM="false")
+        env.setdefault("PYTHONUNBUFFERED", "1")
+        return env
+
+    def run(self, *stages: Stage) -> list[dict]:
+        """Run `stages` at the same time (each runs its commands in order); return their records."""
+        todo = [s for s in stages if self.done(s) is None]
+        for s in stages:
+            if s not in todo:
+                self._progress(s, self.done(s), skipped=True)
+        running = []
+        for s in todo:
+            running.append((s, self._start(s, 0), time.monotonic(), 0))
+        while running:
+            time.sleep(0.5)
+            still = []
+            for s, proc, t0, index in running:
+                code = proc.poll()
+                if code is None:
+                    still.append((s, proc, t0, index))
+                    continue
+                proc.log_handle.close()
+                if code != 0:
+                    for _, p, _, _ in running:
+                        if p.poll() is None:
+                            p.terminate()
+                    self._fail(s, code)
+                if index + 1 < len(s.commands):
+                    still.append((s, self._start(s, index + 1), t0, index + 1))
+                    continue
+                record = {"stage": s.name, "seconds": round(time.monotonic() - t0, 1), **s.info}
+                self.marker(s).write_text(json.dumps(record, indent=1) + "\n")
+                self._progress(s, record)
+            running = still
+        return [self.done(s) for s in stages]
+
+    def _start(self, stage: Stage, index: int) -> subprocess.Popen:
+        log = self.out / "logs" / f"{stage.name}.log"
+        handle = open(log, "a", encoding="utf-8")
+        handle.write(f"$ {' '.join(stage.commands[index])}\n")
+        handle.flush()
+        proc = subprocess.Popen(stage.commands[index], stdout=handle, stderr=subprocess.STDOUT,
+                                env=self._env(stage.threads), cwd=ROOT)
+        proc.log_handle = handle
+        return proc
+
+    def _fail(self, stage: Stage, code: int) -> None:
+        log = self.out / "logs" / f"{stage.name}.log"
+        tail = log.read_text(encoding="utf-8", errors="replace")[-4000:]
+        sys.stderr.write(f"\n{tail}\n")
+        raise SystemExit(f"demo: stage {stage.name!r} failed (exit {code}); full log: {log}")
+
+    def _progress(self, stage: Stage, record: dict | None, skipped: bool = False) -> None:
+        self.finished += 1
+        elapsed = time.monotonic() - self.started
+        what = "done before" if skipped else f"{record['seconds']:.0f} s"
+        print(f"[{self.finished:2d}/{self.total}] {elapsed / 60:5.1f} min  {stage.name:<22} {what}",
+              flush=True)
+
+
+def build_stages(cfg, out: Path) -> dict[str, Stage]:
+    """Every stage of the demo, by name, from the pipeline config."""
+    data, shards, model = out / "data", out / "shards", out / "model"
+    solo = int(cfg.threads)
+    shared = max(1, int(cfg.threads) // int(cfg.parallel))
+    common = [f"paths.log_dir={out}", "model.prepare=null", "data.prepare=null"]
+    stages: dict[str, Stage] = {}
+
+    synth = [tool("vt-data"), "synth", "--out", str(data), "--seed", str(cfg.data.seed), "--quiet",
+             "--num-train-clips", str(cfg.data.train_clips), "--num-test-clips", str(cfg.data.test_clips),
+             "--question-types", ",".join(cfg.data.question_types),
+             "--traced-types", ",".join(cfg.data.traced_types),
+             "--traced-fraction", str(cfg.data.traced_fraction)]
+    shard = [tool("vt-data"), "shard", str(data / "train.jsonl"), "--video-root", str(data), "--quiet"]
+    stages["data"] = Stage("data", [synth, [*shard, "--select", "traced", "--out", str(shards / "sft")],
+                                    [*shard, "--select", "answer-only", "--out", str(shards / "grpo")]], solo)
+    stages["model"] = Stage("model", [[tool("vt-model"), "tiny", str(model), *cfg.model.args]], solo)
+    stages["sft"] = Stage("sft", [[
+        tool("vt-sft"), "experiment=tiny_cpu", f"hydra.run.dir={out / 'sft'}", *common,
+        f"model.path={model}", f"data.train_shards={shards / 'sft'}", f"trainer.max_steps={cfg.sft.steps}",
+        *cfg.sft.args]], solo)
+
+    def evaluate(name: str, model_dir: Path, threads: int) -> Stage:
+        return Stage(f"eval-{name}", [[
+            tool("vt-eval"), "protocol=tiny_cpu", "benchmark=synthetic", f"run_name={name}",
+            f"paths.log_dir={out}", f"model.path={model_dir}", "model.prepare=null",
+            f"benchmark.annotation_path={data / 'test.jsonl'}", "benchmark.prepare=null", *cfg.eval.args]],
+            threads, {"eval_dir": str(out / "eval" / name / "tiny_cpu" / "synthetic"),
+                      "model_dir": str(model_dir)})
+
+    stages["eval-base"] = evaluate("base", model, shared)
+    stages["eval-sft"] = evaluate("sft", out / "sft" / "hf_model", shared)
+    for seed in cfg.seeds:
+        grpo_dir, control_dir = out / "grpo" / f"seed{seed}", out / "sft_more" / f"seed{seed}"
+        stages[f"grpo-seed{seed}"] = Stage(f"grpo-seed{seed}", [[
+            tool("vt-grpo"), "experiment=tiny_cpu_grpo", f"hydra.run.dir={grpo_dir}", *common,
+            f"init_from={out / 'sft' / 'hf_model'}", f"data.train_shards={shards / 'grpo'}", f"seed={seed}",
+            "trainer.max_steps=1000000", f"trainer.max_time={cfg.grpo.max_time}", *cfg.grpo.args]], shared,
+            {"train_dir": str(grpo_dir)})
+        stages[f"control-seed{seed}"] = Stage(f"control-seed{seed}", [[
+            tool("vt-sft"), "experiment=tiny_cpu", f"hydra.run.dir={control_dir}", *common,
+            f"model.path={out / 'sft' / 'hf_model'}", f"data.train_shards={shards / 'sft'}", f"seed={seed}",
+            "epochs=100000", f"trainer.max_time={cfg.grpo.max_time}", *cfg.control.args]], shared,
+            {"train_dir": str(control_dir)})
+        stages[f"eval-grpo-seed{seed}"] = evaluate(f"grpo-seed{seed}", grpo_dir / "hf_model", shared)
+        stages[f"eval-control-seed{seed}"] = evaluate(f"control-seed{seed}", control_dir / "hf_model", shared)
+    return stages
+
+
+def pairs(names: list[str], size: int) -> list[list[str]]:
+    return [names[i:i + size] for i in range(0, len(names), size)]
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--out", default=str(ROOT / "runs" / "demo"), help="output directory")
+    parser.add_argument("--config", action="append", default=[],
+                        help="YAML merged over demo.yaml (repeatable), e.g. experiments/tiny_cpu/smoke.yaml")
+    parser.add_argument("overrides", nargs="*", help="key=value overrides of the pipeline config")
+    args = parser.parse_args(argv)
+
+    cfg = OmegaConf.merge(OmegaConf.load(HERE / "demo.yaml"), *(OmegaConf.load(p) for p in args.config),
+                          OmegaConf.from_dotlist(args.overrides))
+    out = Path(args.out).resolve()
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "demo.yaml").write_text(OmegaConf.to_yaml(cfg), encoding="utf-8")
+    stages = build_stages(cfg, out)
+    pipeline = Pipeline(out, cfg, total=len(stages))
+    width = int(cfg.parallel)
+    print(f"demo: {len(stages)} stages into {out} ({width} at a time); logs in {out / 'logs'}", flush=True)
+
+    pipeline.run(stages["data"])
+    pipeline.run(stages["model"])
+    pipeline.run(stages["sft"])
+    pipeline.run(stages["eval-base"], stages["eval-sft"])
+    for seed in cfg.seeds:  # GRPO beside its control: the same load, the same wall time
+        pipeline.run(stages[f"grpo-seed{seed}"], stages[f"control-seed{seed}"])
+    evals = [f"eval-{kind}-seed{seed}" for seed in cfg.seeds for kind in ("grpo", "control")]
+    for group in pairs(evals, width):
+        pipeline.run(*(stages[name] for name in group))
+
+    from vt_eval.stages import StageRun, write_stage_report
+
+    def record(name: str) -> dict:
+        return pipeline.done(stages[name])
+
+    runs = [StageRun("base", record("eval-base")["eval_dir"], label="base (random init)"),
+            StageRun("sft", record("eval-sft")["eval_dir"], train_dir=out / "sft", label="SFT",
+                     train_seconds=record("sft")["seconds"])]
+    for kind, label in (("grpo", "SFT + GRPO"), ("control", "SFT + more SFT (control)")):
+        for seed in cfg.seeds:
+            train = record(f"{kind}-seed{seed}")
+            runs.append(StageRun(kind, record(f"eval-{kind}-seed{seed}")["eval_dir"], seed=int(seed),
+                                 train_dir=train["train_dir"], label=label, train_seconds=train["seconds"]))
+    report = write_stage_report(runs, out / "report", reference="sft", chance=float(cfg.chance),
+                                title="make demo: tiny Qwen2.5-VL on the synthetic temporal-QA test split")
+    total = time.monotonic() - pipeline.started
+    timings = {name: (pipeline.done(stage) or {}).get("seconds") for name, stage in stages.items()}
+    (out / "report" / "timings.json").write_text(json.dumps({"total_seconds": round(total, 1), **timings},
+                                                            indent=1) + "\n")
+    print("\n" + report["table"])
+    print(f"\ndemo finished in {total / 60:.1f} min (this invocation); table, plots and summary: "
+          f"{out / 'report'}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,79 @@
+"""`make demo` shortened (experiments/tiny_cpu/smoke.yaml): every stage runs for real, end to end, and a
+second invocation skips what finished."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+DEMO = ROOT / "experiments" / "tiny_cpu" / "demo.py"
+SMOKE = ROOT / "experiments" / "tiny_cpu" / "smoke.yaml"
+
+pytestmark = pytest.mark.slow
+
+
+def run_demo(out: Path) -> subprocess.CompletedProcess:
+    env = dict(os.environ, VT_ROOT=str(ROOT))
+    return subprocess.run([sys.executable, str(DEMO), "--config", str(SMOKE), "--out", str(out)],
+                          capture_output=True, text=True, env=env, timeout=900)
+
+
+@pytest.fixture(scope="module")
+def demo_run(tmp_path_factory):
+    out = tmp_path_factory.mktemp("demo")
+    proc = run_demo(out)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    return out, proc
+
+
+def test_every_stage_ran_and_the_table_covers_every_stage(demo_run):
+    out, proc = demo_run
+    stages = sorted(p.stem for p in (out / "stages").glob("*.json"))
+    assert stages == sorted(["data", "model", "sft", "eval-base", "eval-sft", "grpo-seed0", "control-seed0",
+                             "eval-grpo-seed0", "eval-control-seed0"])
+    # the data regime: SFT shards hold only traced records, GRPO shards only answer-only ones
+    sft_index = json.loads((out / "shards" / "sft" / "index.json").read_text())
+    grpo_index = json.loads((out / "shards" / "grpo" / "index.json").read_text())
+    traced = sum(1 for line in (out / "data" / "train.jsonl").read_text().splitlines()
+                 if json.loads(line)["process"])
+    assert sft_index["total"] == traced > 0
+    assert grpo_index["total"] == 48 - traced > 0
+    # every trained stage exported a model that the evaluation then loaded
+    for name in ("sft", "grpo/seed0", "sft_more/seed0"):
+        assert (out / name / "hf_model" / "config.json").is_file(), name
+    assert (out / "grpo" / "seed0" / "logs" / "grpo.jsonl").read_text().strip()
+    summary = json.loads((out / "report" / "summary.json").read_text())
+    labels = [row["stage"] for row in summary["rows"]]
+    assert labels == ["base", "sft", "grpo", "control"]
+    for row in summary["rows"]:
+        assert row["n"] == 8
+    table = (out / "report" / "table.md").read_text()
+    assert "SFT + GRPO" in table and "control" in table and "Δ acc vs SFT" in table
+    assert "| SFT + GRPO |" in proc.stdout  # the table is printed, not only written
+    for plot in ("training_loss", "rewards", "accuracy_by_stage"):
+        assert (out / "report" / "plots" / f"{plot}.png").stat().st_size > 1000, plot
+
+
+def test_the_control_gets_the_same_wall_time_as_grpo(demo_run):
+    out, _ = demo_run
+    grpo = json.loads((out / "stages" / "grpo-seed0.json").read_text())["seconds"]
+    control = json.loads((out / "stages" / "control-seed0.json").read_text())["seconds"]
+    assert abs(grpo - control) < 0.5 * max(grpo, control)
+    config = (out / "sft_more" / "seed0" / "config.yaml").read_text()
+    assert "max_time: 00:00:00:15" in config
+    assert "/sft/hf_model" in config  # continued from the SFT model, not from scratch
+
+
+def test_a_second_invocation_skips_finished_stages(demo_run):
+    out, _ = demo_run
+    before = (out / "report" / "summary.json").read_text()
+    proc = run_demo(out)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert proc.stdout.count("done before") == 9
+    assert json.loads((out / "report" / "summary.json").read_text())["rows"] == json.loads(before)["rows"]
