@@ -143,6 +143,8 @@ def build_stages(cfg, out: Path) -> dict[str, Stage]:
 
     synth = [tool("vt-data"), "synth", "--out", str(data), "--seed", str(cfg.data.seed), "--quiet",
              "--num-train-clips", str(cfg.data.train_clips), "--num-test-clips", str(cfg.data.test_clips),
+             "--num-segments", ",".join(str(n) for n in cfg.data.num_segments),
+             "--seconds-per-segment", str(cfg.data.seconds_per_segment),
              "--question-types", ",".join(cfg.data.question_types),
              "--traced-types", ",".join(cfg.data.traced_types),
              "--traced-fraction", str(cfg.data.traced_fraction)]
@@ -175,7 +177,7 @@ def build_stages(cfg, out: Path) -> dict[str, Stage]:
         stages[f"control-seed{seed}"] = Stage(f"control-seed{seed}", [[
             tool("vt-sft"), "experiment=tiny_cpu", f"hydra.run.dir={control_dir}", *common,
             f"model.path={out / 'sft' / 'hf_model'}", f"data.train_shards={shards / 'sft'}", f"seed={seed}",
-            "epochs=100000", f"trainer.max_time={cfg.grpo.max_time}", *cfg.control.args]], shared,
+            f"trainer.max_time={cfg.grpo.max_time}", *cfg.control.args]], shared,
             {"train_dir": str(control_dir)})
         stages[f"eval-grpo-seed{seed}"] = evaluate(f"grpo-seed{seed}", grpo_dir / "hf_model", shared)
         stages[f"eval-control-seed{seed}"] = evaluate(f"control-seed{seed}", control_dir / "hf_model", shared)

@@ -94,3 +94,27 @@ def test_synth_flags_set_the_traced_regime(tmp_path):
     assert answer_only == {"after_colour", "before_colour", "last_colour"}
     bad = vt_data("synth", "--out", str(tmp_path / "x"), "--traced-types", "nope", "--quiet")
     assert bad.returncode == 2 and "nope" in bad.stderr
+
+
+def test_shard_select_splits_traced_from_answer_only(tmp_path):
+    data = tmp_path / "data"
+    done = vt_data("synth", "--out", str(data), "--num-train-clips", "12", "--num-test-clips", "2",
+                   "--num-segments", "1,2", "--seconds-per-segment", "4",
+                   "--question-types", "span_colour,last_colour", "--traced-types", "span_colour", "--quiet")
+    assert done.returncode == 0, done.stderr
+    records = [json.loads(line) for line in (data / "train.jsonl").read_text().splitlines()]
+    assert {len(r["video_segments"]) for r in records} == {1, 2}  # each clip draws its segment count
+    assert all(r["duration"] == 8.0 for r in records)
+    traced = {r["problem_id"] for r in records if r["process"]}
+    counts = {}
+    for select in ("traced", "answer-only"):
+        out = tmp_path / select
+        done = vt_data("shard", str(data / "train.jsonl"), "--video-root", str(data), "--out", str(out),
+                       "--select", select, "--quiet")
+        assert done.returncode == 0, done.stderr
+        counts[select] = json.loads(done.stdout)["total"]
+    assert counts == {"traced": len(traced), "answer-only": len(records) - len(traced)}
+    assert 0 < len(traced) < len(records)
+    none = vt_data("shard", str(data / "test.jsonl"), "--video-root", str(data), "--out",
+                   str(tmp_path / "none"), "--select", "traced", "--quiet")
+    assert none.returncode == 1 and "no traced records" in none.stderr

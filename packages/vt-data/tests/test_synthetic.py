@@ -14,6 +14,7 @@ from vt_data.records import load_records, strip_option_prefix, validate
 from vt_data.synthetic import (
     BACKGROUND,
     COLOURS,
+    DEFAULT_QUESTION_TYPES,
     QUESTION_TYPES,
     SynthConfig,
     build_dataset,
@@ -63,8 +64,8 @@ def hard(tmp_path_factory) -> Path:
 def fewer(tmp_path_factory) -> Path:
     """Two 4-s segments per clip from a palette of four: two options are never shown."""
     root = tmp_path_factory.mktemp("fewer")
-    config = SynthConfig(num_train_clips=16, num_test_clips=8, num_segments=2, seconds_per_segment=4.0,
-                         question_types=("span_colour", "first_colour", "last_colour"), seed=5)
+    config = SynthConfig(num_train_clips=24, num_test_clips=8, num_segments=(1, 2), seconds_per_segment=4.0,
+                         question_types=("span_colour", "whole_colour", "first_colour", "last_colour"), seed=5)
     build_dataset(root, config, progress=False, workers=1)
     return root
 
@@ -91,7 +92,7 @@ def test_rebuild_removes_stale_clips(tmp_path):
 
 
 # --- records ------------------------------------------------------------------------------------
-@pytest.mark.parametrize("name", ["small", "hard"])
+@pytest.mark.parametrize("name", ["small", "hard", "fewer"])
 def test_every_record_validates(name, request):
     root = request.getfixturevalue(name)
     for records in _load(root).values():
@@ -110,7 +111,7 @@ def test_default_options_are_the_fixed_palette(small):
             assert record.duration == 8.0 and len(record.extra["video_segments"]) == 4
 
 
-@pytest.mark.parametrize("name", ["small", "hard"])
+@pytest.mark.parametrize("name", ["small", "hard", "fewer"])
 def test_traces_are_well_formed_and_grounded_in_the_evidence(name, request):
     root = request.getfixturevalue(name)
     traced = [r for r in _load(root)["train"] if r.process]
@@ -159,7 +160,7 @@ def test_answers_follow_from_the_clip_segments(name, request):
             # Every clip shows each palette colour exactly once.
             assert sorted(_colour_of(c) for *_, c in segments) == sorted(
                 strip_option_prefix(o) for o in record.options)
-    assert seen == set(QUESTION_TYPES)
+    assert seen == set(DEFAULT_QUESTION_TYPES)
 
 
 def _frame_colour(frame: np.ndarray, palette: list[str]) -> str:
@@ -194,17 +195,29 @@ def test_videos_show_what_the_answer_says(name, request):
 def test_fewer_segments_than_colours(fewer):
     meta = json.loads((fewer / "meta.json").read_text())
     assert meta["duration"] == 8.0
+    layouts = Counter()
     for records in _load(fewer).values():
         for record in records:
-            shown = [_colour_of(c) for *_, c in record.extra["video_segments"]]
+            segments = record.extra["video_segments"]
+            shown = [_colour_of(c) for *_, c in segments]
             palette = [strip_option_prefix(o) for o in record.options]
             assert palette == ["red", "green", "blue", "yellow"]  # all four options, fixed order
-            assert len(shown) == len(set(shown)) == 2 and set(shown) <= set(palette)
-            assert [s[:2] for s in record.extra["video_segments"]] == [[0.0, 4.0], [4.0, 8.0]]
-            colour, _ = _oracle(record)
-            assert _answer_text(record) == colour in shown
+            assert len(shown) == len(set(shown)) and set(shown) <= set(palette)
+            # one 8-s segment or two 4-s ones
+            assert [s[:2] for s in segments] in ([[0.0, 8.0]], [[0.0, 4.0], [4.0, 8.0]])
+            qtype = record.extra["question_type"]
+            if qtype == "whole_colour":  # asked only where there is no time to find
+                assert len(segments) == 1 and record.problem == "What colour is the shape in the video?"
+                assert _answer_text(record) == shown[0]
+            else:
+                colour, _ = _oracle(record)
+                assert _answer_text(record) == colour in shown
+            layouts[(qtype, len(segments))] += 1
+    assert layouts[("first_colour", 2)] and layouts[("span_colour", 2)] and layouts[("whole_colour", 1)]
     with pytest.raises(ValueError, match="num_segments"):
         SynthConfig(num_segments=5)
+    with pytest.raises(ValueError, match="whole number of frames"):
+        SynthConfig(num_segments=(2, 3), fps=1, seconds_per_segment=1.0)  # 1.5-s segments at 1 fps
 
 
 # --- splits, balance, knobs ---------------------------------------------------------------------
@@ -230,7 +243,7 @@ def test_answer_letters_and_types_are_balanced(name, request):
     for records in _load(root).values():
         letters = [chr(ord("A") + i) for i in range(len(records[0].options))]
         assert _spread(Counter(r.answer for r in records), letters) <= 1
-        assert _spread(Counter(r.extra["question_type"] for r in records), QUESTION_TYPES) <= 1
+        assert _spread(Counter(r.extra["question_type"] for r in records), DEFAULT_QUESTION_TYPES) <= 1
         for qtype in QUESTION_TYPES:
             of_type = Counter(r.answer for r in records if r.extra["question_type"] == qtype)
             assert _spread(of_type, letters) <= 1

@@ -21,8 +21,8 @@ os.environ.setdefault("VT_ROOT", str(ROOT))
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 # Small, fast and the same everywhere: 8 frames, no TensorBoard, no tqdm noise in the test logs.
-FAST = ["experiment=tiny_cpu", "data.num_frames=8", "data.template=direct", "logger=[csv]",
-        "callbacks.progress=null"]
+FAST = ["experiment=tiny_cpu", "data.num_frames=8", "data.template=direct", "data.num_workers=0",
+        "logger=[csv]", "callbacks.progress=null"]
 NUM_TRAIN_CLIPS = 48
 
 

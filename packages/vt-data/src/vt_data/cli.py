@@ -17,7 +17,10 @@ def cmd_synth(args: argparse.Namespace) -> int:
     from vt_data.synthetic import SynthConfig, build_dataset
 
     overrides = {}
-    for name in ("num_train_clips", "num_test_clips", "num_colours", "num_segments", "seconds_per_segment",
+    if args.num_segments is not None:
+        counts = tuple(int(n) for n in args.num_segments.split(","))
+        overrides["num_segments"] = counts[0] if len(counts) == 1 else counts
+    for name in ("num_train_clips", "num_test_clips", "num_colours", "seconds_per_segment",
                  "traced_fraction", "seed"):
         value = getattr(args, name)
         if value is not None:
@@ -119,7 +122,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--num-train-clips", type=int, default=None)
     p.add_argument("--num-test-clips", type=int, default=None)
     p.add_argument("--num-colours", type=int, default=None)
-    p.add_argument("--num-segments", type=int, default=None, help="segments per clip (default: num-colours)")
+    p.add_argument("--num-segments", default=None, metavar="N[,M...]",
+                   help="segments per clip (default: num-colours); a list draws each clip's count from it")
     p.add_argument("--seconds-per-segment", type=float, default=None)
     p.add_argument("--traced-fraction", type=float, default=None)
     p.add_argument("--question-types", default=None, metavar="A,B",

@@ -170,14 +170,24 @@ def last_colour(truth: ClipTruth, answer: str, letter: str) -> Question | None:
     return Question("What colour is the last shape shown?", ((k, _conclude("last", answer, letter)),))
 
 
+def whole_colour(truth: ClipTruth, answer: str, letter: str) -> Question | None:
+    """"What colour is the shape in the video?": only for a clip with one segment (no time to find)."""
+    if len(truth.colours) != 1 or truth.colours[0] != answer:
+        return None
+    return Question("What colour is the shape in the video?", ((0, _conclude("", answer, letter)),))
+
+
 QUESTION_GENERATORS: dict[str, QuestionGenerator] = {
     "span_colour": span_colour,
     "after_colour": after_colour,
     "before_colour": before_colour,
     "first_colour": first_colour,
     "last_colour": last_colour,
+    "whole_colour": whole_colour,
 }
 QUESTION_TYPES = tuple(QUESTION_GENERATORS)
+# What a dataset asks by default: whole_colour needs one-segment clips (num_segments containing 1).
+DEFAULT_QUESTION_TYPES = ("span_colour", "after_colour", "before_colour", "first_colour", "last_colour")
 
 
 # --- configuration ------------------------------------------------------------------------------
@@ -196,12 +206,14 @@ class SynthConfig:
     # Palette size = options per question (at most len(COLOURS)), listed in a fixed order.
     num_colours: int = 4
     # Segments per clip, each a different palette colour; None = num_colours (every colour shown once).
-    # Fewer segments than colours leaves some options absent from the clip, so a model that only sees
-    # which colours are present already beats chance (a ladder for tiny models, make demo).
-    num_segments: int | None = None
+    # A tuple draws each clip's count from it (uniformly; repeat a value to weight it), and every clip
+    # lasts max(counts) * seconds_per_segment, so a clip with fewer segments has longer ones. Clips
+    # with one segment need no temporal grounding to answer and clips with fewer segments than colours
+    # leave options absent: rungs that let a tiny model from random weights start to see (make demo).
+    num_segments: int | tuple[int, ...] | None = None
     # False: options always list the palette in the same order (learnable in minutes); True: harder.
     shuffle_options: bool = False
-    question_types: tuple[str, ...] = QUESTION_TYPES
+    question_types: tuple[str, ...] = DEFAULT_QUESTION_TYPES
     # Share of the eligible train samples (type in `traced_types`) that carry a full trace; the
     # rest are answer-only (the regime where GRPO's answer-only data matters).
     traced_fraction: float = 1.0
@@ -214,6 +226,8 @@ class SynthConfig:
         # Lists from YAML/CLI become tuples, so the config stays hashable and JSON-stable.
         object.__setattr__(self, "question_types", tuple(self.question_types))
         object.__setattr__(self, "traced_types", tuple(self.traced_types))
+        if self.num_segments is not None and not isinstance(self.num_segments, int):
+            object.__setattr__(self, "num_segments", tuple(int(n) for n in self.num_segments))
         problems = []
         if self.num_train_clips < 0 or self.num_test_clips < 0:
             problems.append("clip counts must be >= 0")
@@ -221,14 +235,15 @@ class SynthConfig:
             problems.append("questions_per_clip must be >= 1")
         if not 2 <= self.num_colours <= len(COLOURS):
             problems.append(f"num_colours must be in 2..{len(COLOURS)}, got {self.num_colours}")
-        if self.num_segments is not None and not 1 <= self.num_segments <= self.num_colours:
+        if not self.segment_counts or not all(1 <= n <= self.num_colours for n in self.segment_counts):
             problems.append(f"num_segments must be in 1..num_colours ({self.num_colours}), "
                             f"got {self.num_segments}")
         if self.size <= 0 or self.size % _PATCH_MULTIPLE:
             problems.append(f"size must be a positive multiple of {_PATCH_MULTIPLE}, got {self.size}")
-        frames = self.fps * self.seconds_per_segment
-        if self.fps <= 0 or self.seconds_per_segment <= 0 or frames != int(frames):
-            problems.append("fps * seconds_per_segment must be a positive whole number of frames")
+        frames = [self.fps * self.duration / n for n in self.segment_counts if n > 0]
+        if self.fps <= 0 or self.seconds_per_segment <= 0 or any(f != int(f) for f in frames):
+            problems.append("every segment must last a positive whole number of frames "
+                            "(fps * seconds_per_segment * max(num_segments) / num_segments)")
         unknown = sorted((set(self.question_types) | set(self.traced_types)) - set(QUESTION_TYPES))
         if unknown or not self.question_types:
             problems.append(f"question types must be a non-empty subset of {QUESTION_TYPES}, got {unknown}")
@@ -246,12 +261,16 @@ class SynthConfig:
         return tuple(COLOURS)[: self.num_colours]
 
     @property
-    def segments(self) -> int:
-        return self.num_segments or self.num_colours
+    def segment_counts(self) -> tuple[int, ...]:
+        """The segment counts a clip may have."""
+        if self.num_segments is None:
+            return (self.num_colours,)
+        return (self.num_segments,) if isinstance(self.num_segments, int) else self.num_segments
 
     @property
     def duration(self) -> float:
-        return self.segments * self.seconds_per_segment
+        """Every clip's length in seconds."""
+        return max(self.segment_counts, default=0) * self.seconds_per_segment
 
 
 # --- drawing ------------------------------------------------------------------------------------
@@ -348,10 +367,14 @@ def _draw_order(plan: Sequence[tuple[str, int]], config: SynthConfig, rng: np.ra
     """A temporal order of the palette under which every planned answer is askable. With fixed
     options the planned letter fixes the answer colour, so orders are drawn until all fit."""
     palette = config.palette
+    counts = config.segment_counts
     truth = None
     for _ in range(_MAX_ORDER_TRIES):
-        order = tuple(palette[i] for i in rng.permutation(len(palette))[: config.segments])
-        truth = ClipTruth(order, shapes, config.seconds_per_segment)
+        # Each try draws the segment count too (when there is a choice), so a question that needs a
+        # layout (whole_colour: one segment) gets one; `shapes` holds max(counts) draws, sliced.
+        n = counts[int(rng.integers(len(counts)))] if len(counts) > 1 else counts[0]
+        order = tuple(palette[i] for i in rng.permutation(len(palette))[:n])
+        truth = ClipTruth(order, shapes[:n], config.duration / n)
         if config.shuffle_options or all(
             QUESTION_GENERATORS[t](truth, palette[letter], "A") is not None for t, letter in plan
         ):
@@ -441,7 +464,7 @@ def build_clip(job: ClipJob, out_dir: str | Path) -> list[VideoQA]:
 
     config = job.config
     rng = clip_rng(config.seed, job.split, job.index)
-    shapes = tuple(SHAPES[i] for i in rng.integers(len(SHAPES), size=config.segments))
+    shapes = tuple(SHAPES[i] for i in rng.integers(len(SHAPES), size=max(config.segment_counts)))
     truth = _draw_order(job.plan, config, rng, shapes)
     motions = [sample_motion(rng, config.size) for _ in truth.colours]
     frames = render_clip(truth, motions, size=config.size, fps=config.fps)

@@ -158,6 +158,7 @@ def tiny_corpus() -> list[str]:
                     f"<think>Hmm, the {shape} is {colour}, so the answer is {letter}.</think>\n"
                     f"<answer>{letter}</answer>"
                 )
+    lines += ["What colour is the shape in the video?"] * 2
     for word in ORDINALS:
         lines.append(f"What colour is the {word} shape shown?")
         lines.append(f"<think> {word} is red, red is A</think>")
