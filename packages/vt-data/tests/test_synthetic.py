@@ -65,7 +65,8 @@ def fewer(tmp_path_factory) -> Path:
     """Two 4-s segments per clip from a palette of four: two options are never shown."""
     root = tmp_path_factory.mktemp("fewer")
     config = SynthConfig(num_train_clips=24, num_test_clips=8, num_segments=(1, 2), seconds_per_segment=4.0,
-                         question_types=("span_colour", "whole_colour", "first_colour", "last_colour"), seed=5)
+                         question_types=("span_colour", "whole_colour", "first_colour", "last_colour"),
+                         seed=5)
     build_dataset(root, config, progress=False, workers=1)
     return root
 

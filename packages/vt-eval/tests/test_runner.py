@@ -30,7 +30,7 @@ from vt_eval.runner import (
 )
 
 NUM_TEST = 6
-# 16 frames at 56x56 stay 56x56 (the tiny model's pixel floor); 8 new tokens keep generation quick.
+# The tiny_cpu preset: 8 frames at 56x56 stay 56x56 (the tiny pixel floor); 8 new tokens keep it quick.
 FAST = get_protocol("tiny_cpu", max_new_tokens=8)
 
 
@@ -106,7 +106,7 @@ def test_an_evaluation_writes_predictions_and_a_results_file_that_states_everyth
     assert [line["key"] for line in lines] == [r.key for r in bench.records]
     for line in lines:
         assert line["status"] == "ok" and isinstance(line["output"], str)
-        assert len(line["prompt_hash"]) == 64 and line["num_frames"] == 16
+        assert len(line["prompt_hash"]) == 64 and line["num_frames"] == FAST.num_frames == 8
         assert {"prediction", "score", "score_lenient", "valid_trace", "gold_spans", "category"} <= set(line)
     results = json.loads((full_run / "results.json").read_text())
     assert results["complete"] and results["counts"] == {
@@ -126,7 +126,7 @@ def test_an_evaluation_writes_predictions_and_a_results_file_that_states_everyth
     assert (
         results["benchmark"]["name"] == "synthetic" and results["benchmark"]["facts"]["records"] == NUM_TEST
     )
-    assert results["preprocessing"]["min_pixels"] == 3136 and results["preprocessing"]["num_frames"] == 16
+    assert results["preprocessing"]["min_pixels"] == 3136 and results["preprocessing"]["num_frames"] == 8
     summary = results["summary"]
     assert summary["n"] == NUM_TEST and set(summary["per_category"]) == {line["category"] for line in lines}
     assert "grounding" in summary and "captions" in summary  # the synthetic set has gold segments

@@ -19,8 +19,8 @@ Presets (conf/protocol/*.yaml mirror them; `PRESETS` holds the same values for c
   the Video-R1 prompt (all reasoning in one `<think>`), ≤256×28×28 pixels, 16 frames (the frame count
   of Table 1), temperature 0.1 / top_p 0.001 / 1,024 tokens (VR1's code; its README says 0.01).
   Known gap: VR1 reads the *first* `<answer>` tag, our one scorer the *last* (benchmarks.md §1.2).
-- `tiny_cpu`: the paper's protocol with the tiny model's pixel floor and 32 new tokens, for smoke runs
-  on CPU. Not a paper setting; its numbers mean nothing.
+- `tiny_cpu`: the inputs of the tiny CPU experiment (`make demo`): 8 frames, the `compact` prompt, the
+  tiny model's pixel floor and 96 new tokens. Not a paper setting; its numbers are the demo's only.
 
 Every prediction carries `prompt_hash(rendered_prompt, protocol)`: a rerun redoes exactly the samples
 whose prompt or output-relevant settings changed. Grounding records (Charades-STA, ActivityNet
@@ -184,7 +184,8 @@ def prompt_hash(prompt_text: str, protocol: Protocol) -> str:
 PRESETS: dict[str, Protocol] = {
     "video_thinker": Protocol(),
     "video_r1": Protocol(name="video_r1", template="video_r1", max_pixels=256 * 28 * 28),
-    "tiny_cpu": Protocol(name="tiny_cpu", min_pixels=4 * 28 * 28, max_new_tokens=128),
+    "tiny_cpu": Protocol(name="tiny_cpu", num_frames=8, max_frames=8, template="compact",
+                         min_pixels=4 * 28 * 28, max_new_tokens=96),
 }
 
 

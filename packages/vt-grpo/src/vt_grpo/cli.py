@@ -55,7 +55,7 @@ def _train(cfg: Any) -> dict[str, Any]:
         print_and_save_config,
         run_prepare,
     )
-    from vt_model.training.checkpointing import AtomicCheckpoint
+    from vt_model.training.checkpointing import AtomicCheckpoint, checkpoints_last
     from vt_model.training.export import export_hf
 
     run_dir = Path(cfg.paths.run_dir)
@@ -74,7 +74,8 @@ def _train(cfg: Any) -> dict[str, Any]:
     max_steps = int(cfg.trainer.max_steps)
     if max_steps <= 0:
         raise ValueError("GRPO runs a fixed number of steps: set trainer.max_steps")
-    callbacks = instantiate_group(cfg.get("callbacks"))
+    # The step's log line is written before its checkpoint, so a kill in between loses no logged step.
+    callbacks = checkpoints_last(instantiate_group(cfg.get("callbacks")))
     loggers = instantiate_group(cfg.get("logger"))
     checkpoints = [c for c in callbacks if isinstance(c, AtomicCheckpoint)]
     check_step_alignment(
