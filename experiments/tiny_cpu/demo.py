@@ -49,17 +49,11 @@ def tool(name: str) -> str:
     return str(path) if path.exists() else name
 
 
-def time_limit_seconds(value: str) -> int:
-    """"DD:HH:MM:SS" (Lightning's max_time format) -> seconds."""
-    days, hours, minutes, seconds = (int(x) for x in str(value).split(":"))
-    return ((days * 24 + hours) * 60 + minutes) * 60 + seconds
-
-
 class Pipeline:
     """Runs stages as subprocesses with per-stage logs, markers and timings; prints progress."""
 
-    def __init__(self, out: Path, cfg, total: int) -> None:
-        self.out, self.cfg, self.total, self.finished = out, cfg, total, 0
+    def __init__(self, out: Path, total: int) -> None:
+        self.out, self.total, self.finished = out, total, 0
         (out / "logs").mkdir(parents=True, exist_ok=True)
         (out / "stages").mkdir(parents=True, exist_ok=True)
         self.started = time.monotonic()
@@ -202,7 +196,7 @@ def main(argv: list[str] | None = None) -> int:
     out.mkdir(parents=True, exist_ok=True)
     (out / "demo.yaml").write_text(OmegaConf.to_yaml(cfg), encoding="utf-8")
     stages = build_stages(cfg, out)
-    pipeline = Pipeline(out, cfg, total=len(stages))
+    pipeline = Pipeline(out, total=len(stages))
     width = int(cfg.parallel)
     print(f"demo: {len(stages)} stages into {out} ({width} at a time); logs in {out / 'logs'}", flush=True)
 

@@ -118,11 +118,16 @@ def _conclude(found: str, answer: str, letter: str) -> str:
     return f" {found} is {answer}, {answer} is {letter}" if found else f" {answer} is {letter}"
 
 
+def _segment_of(truth: ClipTruth, colour: str) -> int | None:
+    """The segment showing `colour`; None when the clip does not show it (num_segments < num_colours)."""
+    return truth.colours.index(colour) if colour in truth.colours else None
+
+
 def span_colour(truth: ClipTruth, answer: str, letter: str) -> Question | None:
     """"What colour is the shape shown from 00:04 to 00:06?": ground an explicit span."""
-    if answer not in truth.colours:  # a colour the clip does not show (num_segments < num_colours)
+    k = _segment_of(truth, answer)
+    if k is None:
         return None
-    k = truth.colours.index(answer)
     start, end = truth.span(k)
     problem = f"What colour is the shape shown from {format_time(start)} to {format_time(end)}?"
     # The think names the segment's place ("first", ..., "last"): the words the first/last questions
@@ -132,10 +137,8 @@ def span_colour(truth: ClipTruth, answer: str, letter: str) -> Question | None:
 
 def after_colour(truth: ClipTruth, answer: str, letter: str) -> Question | None:
     """"…shown right after the green shape?": find the anchor, then step one segment forward."""
-    if answer not in truth.colours:  # a colour the clip does not show (num_segments < num_colours)
-        return None
-    k = truth.colours.index(answer)
-    if k == 0:
+    k = _segment_of(truth, answer)
+    if k is None or k == 0:
         return None
     anchor = truth.colours[k - 1]
     problem = f"What colour is the shape shown right after the {anchor} shape?"
@@ -144,10 +147,8 @@ def after_colour(truth: ClipTruth, answer: str, letter: str) -> Question | None:
 
 def before_colour(truth: ClipTruth, answer: str, letter: str) -> Question | None:
     """"…shown right before the green shape?": find the anchor, then step one segment back."""
-    if answer not in truth.colours:  # a colour the clip does not show (num_segments < num_colours)
-        return None
-    k = truth.colours.index(answer)
-    if k == len(truth.colours) - 1:
+    k = _segment_of(truth, answer)
+    if k is None or k == len(truth.colours) - 1:
         return None
     anchor = truth.colours[k + 1]
     problem = f"What colour is the shape shown right before the {anchor} shape?"

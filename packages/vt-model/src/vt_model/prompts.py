@@ -120,8 +120,9 @@ TEMPLATES: dict[str, PromptTemplate] = {
         open_suffix=_VIDEO_R1_OPEN,
     ),
     # The video_thinker format with a one-line instruction and the chat template's default system turn:
-    # ~25 text tokens instead of ~300, for tiny models trained on a CPU, where every prompt token
-    # costs time (the `tiny_cpu` experiment and `make demo`). Not a paper setting.
+    # a ~75-token text prompt instead of ~420 (question and options included), for tiny models trained
+    # on a CPU, where every prompt token costs time (the `tiny_cpu` experiment, `make demo`). Not a
+    # paper setting.
     "compact": PromptTemplate(
         name="compact",
         system=None,

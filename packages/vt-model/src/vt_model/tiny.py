@@ -118,7 +118,6 @@ PROMPT_LINES = (
     "and put only the single option letter in <answer></answer>, following the format in the system message.",
     "Describe every segment of the video.",
     "Answer with the option letter only.",
-    "For each key segment give <time>, <caption> and <think>, then the option letter in <answer></answer>.",
     "system", "user", "assistant",
     "0 1 2 3 4 5 6 7 8 9 10 11 12 13 14 15 16 17 18 19 20 30 40 50 60 100",
     ". , : ; ! ? ( ) [ ] { } - + = * / \\ ' \" _ # % & @ < > | ~ ` ^ $",
@@ -158,6 +157,9 @@ def tiny_corpus() -> list[str]:
                     f"<think>Hmm, the {shape} is {colour}, so the answer is {letter}.</think>\n"
                     f"<answer>{letter}</answer>"
                 )
+    from vt_model.prompts import TEMPLATES  # the compact prompt's own wording, not a copy of it
+
+    lines += [TEMPLATES["compact"].user_suffix] * 2
     lines += ["What colour is the shape in the video?"] * 2
     for word in ORDINALS:
         lines.append(f"What colour is the {word} shape shown?")
