@@ -77,3 +77,48 @@ def test_a_second_invocation_skips_finished_stages(demo_run):
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert proc.stdout.count("done before") == 9
     assert json.loads((out / "report" / "summary.json").read_text())["rows"] == json.loads(before)["rows"]
+
+
+def load_inspector():
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("inspect_traces", ROOT / "experiments" / "tiny_cpu" /
+                                                  "inspect_traces.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_trace_inspection_covers_every_evaluation_of_the_run(demo_run):
+    out, _ = demo_run
+    tables = load_inspector().inspect_run(out)
+    assert sorted(tables) == ["base", "control-seed0", "grpo-seed0", "sft"]
+    for name, text in tables.items():
+        counts = [int(line.split("|")[3]) for line in text.splitlines()[2:]]
+        assert sum(counts) == 8, name  # every test question lands in exactly one row
+
+
+STEP = "<time>00:00-00:{end}</time> <caption>a red circle</caption> <think> {think}</think>\n"
+
+
+@pytest.mark.parametrize("output, names, agrees", [
+    # the answer names the second segment's colour while the caption names the first one's
+    (STEP.format(end="08", think="green is B") + "<answer>B</answer>",
+     "segment 2", False),
+    (STEP.format(end="04", think="red is A") + "<answer>A</answer>",
+     "segment 1", True),
+    ("<answer>C</answer>", "neither", False),
+])
+def test_trace_inspection_classifies_answer_and_caption(output, names, agrees):
+    from vt_data.records import VideoQA
+
+    inspector = load_inspector()
+    record = VideoQA(problem="What colour is the last shape shown?", path="v.mp4", data_source="synthetic",
+                     options=["A. red", "B. green", "C. blue", "D. yellow"], answer="B",
+                     extra={"question_type": "last_colour",
+                            "video_segments": [[0.0, 4.0, "a red circle"], [4.0, 8.0, "a green square"]]})
+    row = inspector.classify({"prediction": output.rsplit("<answer>", 1)[1][0], "output": output,
+                              "score": 1.0 if "B</answer>" in output else 0.0}, record)
+    assert row["group"] == ("last_colour", 2)
+    assert row["names"] == names and row["caption_agrees"] is agrees
+    assert row["correct"] is (names == "segment 2")
