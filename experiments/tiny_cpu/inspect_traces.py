@@ -17,15 +17,16 @@ import json
 from collections import Counter, defaultdict
 from pathlib import Path
 
+from vt_data.records import strip_option_prefix
 from vt_data.synthetic import COLOURS
 from vt_data.trace import parse_trace
 from vt_eval.benchmarks import load_benchmark
 from vt_eval.runner import sample_keys
 
 
-def option_colours(options: list[str]) -> dict[str, str]:
-    """{"A": "red", ...} from options written "A. red"."""
-    return {opt.split(".", 1)[0].strip(): opt.split(".", 1)[1].strip() for opt in options}
+def option_colours(record) -> dict[str, str]:
+    """{"A": "red", ...} from the record's options ("A. red", ...)."""
+    return dict(zip(record.option_letters, map(strip_option_prefix, record.options), strict=True))
 
 
 def caption_colour(caption: str) -> str | None:
@@ -37,7 +38,7 @@ def caption_colour(caption: str) -> str | None:
 def classify(prediction: dict, record) -> dict:
     """One prediction line against its record: which segment the answer names, the spans, the caption."""
     segments = record.extra["video_segments"]  # [[start, end, caption], ...]
-    colours = option_colours(record.options)
+    colours = option_colours(record)
     answer_colour = colours.get(prediction.get("prediction") or "")
     named = [i + 1 for i, seg in enumerate(segments) if caption_colour(seg[2]) == answer_colour]
     trace = parse_trace(prediction.get("output") or "")
