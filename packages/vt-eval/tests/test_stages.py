@@ -79,46 +79,28 @@ def _fake_eval(
     return directory
 
 
+def _write_jsonl(path: Path, rows) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text("".join(json.dumps(row) + "\n" for row in rows))
+
+
 def _sft_log(run_dir: Path, steps: int, *, start_loss: float = 2.0) -> Path:
     """logs/steps.jsonl as vt_model's StepLog writes it."""
-    path = run_dir / "logs" / "steps.jsonl"
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with path.open("w") as fh:
-        for step in range(1, steps + 1):
-            record = {
-                "step": step,
-                "loss": start_loss / step,
-                "tokens": 512,
-                "samples": 4,
-                "lr": 1e-4,
-                "seconds": 0.5,
-                "tokens_per_s": 1024.0,
-                "samples_per_s": 8.0,
-                "time": 1_700_000_000.0 + step,
-            }
-            fh.write(json.dumps(record) + "\n")
+    _write_jsonl(run_dir / "logs" / "steps.jsonl", (
+        {"step": step, "loss": start_loss / step, "tokens": 512, "samples": 4, "lr": 1e-4, "seconds": 0.5,
+         "tokens_per_s": 1024.0, "samples_per_s": 8.0, "time": 1_700_000_000.0 + step}
+        for step in range(1, steps + 1)))
     return run_dir
 
 
 def _grpo_log(run_dir: Path, steps: int, *, names: tuple[str, ...] = ("accuracy", "format")) -> Path:
     """logs/grpo.jsonl as vt_grpo's GRPOMetricsLog writes it (and the steps.jsonl StepLog writes beside)."""
-    path = run_dir / "logs" / "grpo.jsonl"
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with path.open("w") as fh:
-        for step in range(1, steps + 1):
-            record = {
-                "step": step,
-                "time": 1_700_000_000.0 + step,
-                "reward_mean": 0.1 * step,
-                "reward_std": 0.2,
-                "loss": -0.01,
-                "kl": 0.001 * step,
-                "accuracy": 0.5,
-            }
-            for name in names:
-                record[f"reward/{name}_mean"] = 0.05 * step
-                record[f"reward/{name}_std"] = 0.1
-            fh.write(json.dumps(record) + "\n")
+    _write_jsonl(run_dir / "logs" / "grpo.jsonl", (
+        {"step": step, "time": 1_700_000_000.0 + step, "reward_mean": 0.1 * step, "reward_std": 0.2,
+         "loss": -0.01, "kl": 0.001 * step, "accuracy": 0.5,
+         **{f"reward/{name}_mean": 0.05 * step for name in names},
+         **{f"reward/{name}_std": 0.1 for name in names}}
+        for step in range(1, steps + 1)))
     _sft_log(run_dir, steps, start_loss=-0.5)  # the policy-gradient surrogate: never on the loss plot
     return run_dir
 
