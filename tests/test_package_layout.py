@@ -1,9 +1,10 @@
 """Monorepo rules: five src-layout packages, dependencies pointing one way (declared and imported),
-no cycles, and no torchvision anywhere in what we install."""
+no cycles, no torchvision anywhere in what we install, and tests that read only the repository."""
 
 from __future__ import annotations
 
 import ast
+import re
 from pathlib import Path
 
 import pytest
@@ -102,3 +103,26 @@ def test_torch_is_bounded_and_torchvision_never_required():
     for req in (ROOT / "requirements").glob("*.txt"):
         for line in req.read_text().splitlines():
             assert not line.strip().lower().startswith(("torchvision", "torchaudio")), (req, line)
+
+
+# A test may read only the repository and its temporary folders: real-file fixtures live in tests/data/.
+OUTSIDE_PATHS = re.compile(r"""shared/external|\.\./shared|["']shared["']\s*/\s*["']external["']""")
+
+
+def test_tests_read_no_folder_outside_the_repository():
+    sources = [*ROOT.glob("packages/*/tests/**/*.py"), *ROOT.glob("tests/**/*.py")]
+    assert len(sources) > 20
+    offenders = [f"{file.relative_to(ROOT)}:{number}: {line.strip()}"
+                 for file in sources if file != Path(__file__).resolve()
+                 for number, line in enumerate(file.read_text(encoding="utf-8").splitlines(), 1)
+                 if OUTSIDE_PATHS.search(line)]
+    assert not offenders, "tests must read tests/data/, not ../shared:\n" + "\n".join(offenders)
+
+
+def test_every_test_data_file_is_documented():
+    data = ROOT / "tests" / "data"
+    readme = (data / "README.md").read_text(encoding="utf-8")
+    files = [f for f in data.rglob("*") if f.is_file() and f.name != "README.md"]
+    assert files
+    undocumented = [str(f.relative_to(data)) for f in files if f.name not in readme]
+    assert not undocumented, f"add origin, licence, size and users to tests/data/README.md: {undocumented}"

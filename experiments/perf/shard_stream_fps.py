@@ -31,7 +31,8 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 
 from vt_data.records import VideoQA
-from vt_data.shards import StreamConfig, make_loader, write_shards
+from vt_data.shards.stream import StreamConfig, make_loader
+from vt_data.shards.writer import write_shards
 from vt_data.video import encode_video, read_video
 
 

@@ -21,7 +21,7 @@ from vt_data.records import strip_option_prefix
 from vt_data.synthetic import COLOURS
 from vt_data.trace import parse_trace
 from vt_eval.benchmarks import load_benchmark
-from vt_eval.runner import sample_keys
+from vt_eval.plan import sample_keys
 
 
 def option_colours(record) -> dict[str, str]:

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-EXTERNAL = Path(__file__).resolve().parents[3].parent / "shared" / "external"
+EXTERNAL = Path(__file__).resolve().parents[3] / "tests" / "data"
 
 
 def vt_data(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess:
@@ -69,7 +69,6 @@ def test_probe_prints_facts_and_fails_cleanly_on_garbage(synth_dir, tmp_path):
     assert done.returncode == 1 and str(garbage) in done.stderr
 
 
-@pytest.mark.skipif(not EXTERNAL.is_dir(), reason="shared/external not present")
 def test_convert_real_video_holmes_and_bad_source(tmp_path):
     file = EXTERNAL / "Video-Holmes" / "Pipeline" / "example_questions" / "RSmjqss0XKQ.json"
     out = tmp_path / "holmes.jsonl"

@@ -9,7 +9,7 @@ import pytest
 from vt_data.converters import CONVERTERS, ConversionResult, convert, register_converter
 from vt_data.records import RecordError, Segment, VideoQA, validate
 
-EXTERNAL = Path(__file__).resolve().parents[3].parent / "shared" / "external"
+EXTERNAL = Path(__file__).resolve().parents[3] / "tests" / "data"
 HOLMES = EXTERNAL / "Video-Holmes" / "Pipeline"
 VRBENCH = EXTERNAL / "VRBench" / "inference" / "data" / "VRBench_debug.jsonl"
 HOLMES_FILMS = ("RSmjqss0XKQ", "dGS48Kcax5k")
@@ -261,10 +261,8 @@ def test_youcook2_malformed_segment_names_video_and_field(tmp_path):
 
 
 # --- Video-Holmes (real files) --------------------------------------------------------------------------
-needs_holmes = pytest.mark.skipif(not HOLMES.is_dir(), reason="Video-Holmes examples not shipped here")
 
 
-@needs_holmes
 def test_video_holmes_real_examples():
     questions = HOLMES / "example_questions"
     results = [convert("video_holmes", questions / f"{film}.json") for film in HOLMES_FILMS]
@@ -285,7 +283,6 @@ def test_video_holmes_real_examples():
     assert "video_segments" not in first.extra
 
 
-@needs_holmes
 def test_video_holmes_annotations_become_film_segments():
     result = convert("video_holmes", HOLMES / "example_questions" / "RSmjqss0XKQ.json",
                      annotations_dir=str(HOLMES / "example_annotations"))
@@ -297,7 +294,6 @@ def test_video_holmes_annotations_become_film_segments():
     assert result.counts["annotation_segments"] == 3 and "annotations_missing" not in result.counts
 
 
-@needs_holmes
 def test_video_holmes_missing_annotation_file_is_counted(tmp_path):
     result = convert("video_holmes", HOLMES / "example_questions" / "dGS48Kcax5k.json",
                      annotations_dir=tmp_path)
@@ -316,10 +312,8 @@ def test_video_holmes_bad_answer_names_index_and_field(tmp_path):
 
 
 # --- VRBench (real file) ----------------------------------------------------------------------------------
-needs_vrbench = pytest.mark.skipif(not VRBENCH.is_file(), reason="VRBench debug file not shipped here")
 
 
-@needs_vrbench
 def test_vrbench_real_debug_file():
     result = convert("vrbench", VRBENCH)
     _all_valid(result)
@@ -418,6 +412,21 @@ def test_lvbench(tmp_path):
     assert second.segments == [Segment(5390.0, 5400.0, "")]
     assert second.extra["question_types"] == ["reasoning", "event understanding"]
     assert third.segments == [] and third.extra["time_reference"] == ""
+
+
+def test_lvbench_options_are_only_parenthesised_letters(tmp_path):
+    # "A." is not an LVBench option label: such a line is stem text before the options, an error after.
+    qa = [{"uid": 1, "question": "Which note is right?\nA. first note\n(A) x \n(B)y", "answer": "(B)",
+           "question_type": "reasoning", "time_reference": ""}]
+    file = tmp_path / "video_info.meta.jsonl"
+    file.write_text(_lvbench_line("aaa", 10, qa), encoding="utf-8")
+    [record] = convert("lvbench", file).records
+    assert record.problem == "Which note is right?\nA. first note" and record.options == ["A. x", "B. y"]
+    assert record.gold == "B"
+    qa[0]["question"] = "Which note is right?\n(A) x\n(B) y\nC. z"
+    file.write_text(_lvbench_line("aaa", 10, qa), encoding="utf-8")
+    with pytest.raises(RecordError, match="text after the options: 'C. z'"):
+        convert("lvbench", file)
 
 
 def test_lvbench_question_without_options_names_line_and_field(tmp_path):

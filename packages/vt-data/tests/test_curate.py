@@ -142,7 +142,8 @@ def anet_overrides(root: Path, out: Path, url: str, concurrency: int = 2) -> lis
 
 
 def assert_valid_shards(out: Path, video_root: Path) -> list[VideoQA]:
-    from vt_data.shards import iter_shard_records, read_index
+    from vt_data.shards.layout import read_index
+    from vt_data.shards.reader import iter_shard_records
 
     records = []
     for split in ("train", "test"):
@@ -507,6 +508,18 @@ def test_extract_json_and_question_validation():
             stage.parse(json.dumps({**good, **change}), 2)
 
 
+def test_question_options_lose_the_teachers_own_labels_only_before_a_space():
+    stage = WriteQuestions(model=rule_based_teacher(), prompt=PromptTemplate(user="{payload}"))
+    reply = {"question": "Q?", "options": ["(A) w", "B) x", "C: y", "D.5 s"], "answer": "B. x",
+             "evidence": [1]}
+    parsed = stage.parse(json.dumps(reply), 1)
+    # "D.5 s" keeps its letter: a label needs a space after it, else "5 s" would lose its context.
+    assert parsed["options"] == ["w", "x", "y", "D.5 s"] and parsed["answer"] == "B"
+    # A label of another option's letter is text, not a label.
+    parsed = stage.parse(json.dumps({**reply, "options": ["B. w", "x", "y", "z"]}), 1)
+    assert parsed["options"] == ["B. w", "x", "y", "z"]
+
+
 def test_trace_replies_are_rendered_rounded_and_checked():
     stage = SynthesizeTraces(model=rule_based_teacher(), prompt=PromptTemplate(user="{payload}"))
     record = qa_records(1)[0].replace(duration=7.5)
@@ -532,6 +545,17 @@ def test_cache_key_covers_stage_model_request_and_settings(tmp_path):
     cache = DiskCache(tmp_path)
     cache.put(base, {"reply": {"text": "hi"}})
     assert cache.get(base) == {"reply": {"text": "hi"}} and base in cache and len(cache) == 1
+    assert not list(tmp_path.rglob("*.tmp"))
+
+
+def test_cache_writes_from_many_threads_never_collide(tmp_path):
+    from concurrent.futures import ThreadPoolExecutor
+
+    cache = DiskCache(tmp_path, fsync=False)
+    keys = [cache_key("traces", "m", [{"n": i % 4}], {}) for i in range(64)]  # each key 16 times
+    with ThreadPoolExecutor(max_workers=8) as pool:
+        list(pool.map(lambda key: cache.put(key, {"key": key, "reply": "x" * 10_000}), keys))
+    assert len(cache) == 4 and all(cache.get(key)["key"] == key for key in keys)
     assert not list(tmp_path.rglob("*.tmp"))
 
 

@@ -8,10 +8,14 @@ from vt_data.records import (
     RecordError,
     Segment,
     VideoQA,
+    answer_from_solution,
     load_records,
+    split_option_label,
+    strip_option_prefix,
     validate,
     write_records,
 )
+from vt_data.trace import extract_answer_text
 
 VIDEO_R1_ITEMS = [
     {
@@ -67,6 +71,12 @@ def test_file_round_trip_json_and_jsonl(tmp_path):
         assert write_records(records, tmp_path / name) == 2
         assert load_records(tmp_path / name) == records
     assert json.loads((tmp_path / "data.json").read_text()) == VIDEO_R1_ITEMS
+    # The exact bytes: a .json list indented by 1 without a final newline, a .jsonl line per record.
+    assert (tmp_path / "data.json").read_text(encoding="utf-8") == json.dumps(
+        VIDEO_R1_ITEMS, ensure_ascii=False, indent=1)
+    assert (tmp_path / "data.jsonl").read_text(encoding="utf-8") == "".join(
+        r.to_json() + "\n" for r in records)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["data.json", "data.jsonl"]  # no temporary file
 
 
 def test_target_is_process_newline_solution():
@@ -137,3 +147,51 @@ def test_json_list_errors_name_the_index(tmp_path):
     path.write_text(json.dumps([VIDEO_R1_ITEMS[0], {"path": "x"}]))
     with pytest.raises(RecordError, match=r"bad.json\[1\]: field 'problem': is missing"):
         load_records(path)
+
+
+# The one option parser, in the label forms each caller reads (they differed before it was shared).
+@pytest.mark.parametrize(
+    ("text", "form", "expected"),
+    [
+        # Records, Video-MME, VSI-Bench (the default): "A." "A:" "A)", with or without a space.
+        ("B. a red square", {}, ("B", "a red square")),
+        (" B :red ", {}, ("B", "red ")),
+        ("B) red", {}, ("B", "red")),
+        ("B.5 s", {}, ("B", "5 s")),
+        ("B.", {}, ("B", "")),
+        ("(B) red", {}, None),
+        ("b. red", {}, None),
+        # TempCompass question lines: "A." or "A)" only, so "Q: ..." stays in the stem.
+        ("Q: how fast?", {"separators": ".)"}, None),
+        ("B) quickly", {"separators": ".)"}, ("B", "quickly")),
+        # LVBench: "(A)" only, nothing after the parenthesis required.
+        ("(B) It hears a dog", {"separators": "", "parens": "required"}, ("B", "It hears a dog")),
+        ("(B). dog", {"separators": "", "parens": "required"}, ("B", ". dog")),
+        ("B. dog", {"separators": "", "parens": "required"}, None),
+        # Teacher-written options: any of these forms, with a space after the label.
+        ("(B) red", {"parens": "optional", "space_after": True}, ("B", "red")),
+        ("(B). red", {"parens": "optional", "space_after": True}, ("B", "red")),
+        ("B: red", {"parens": "optional", "space_after": True}, ("B", "red")),
+        ("B.5 s", {"parens": "optional", "space_after": True}, None),
+        ("B.red", {"parens": "optional", "space_after": True}, None),
+    ],
+)
+def test_split_option_label_reads_each_sources_label_form(text, form, expected):
+    assert split_option_label(text, **form) == expected
+
+
+def test_strip_option_prefix_and_validation_use_the_default_label_form():
+    assert strip_option_prefix("C:  blue") == "blue" and strip_option_prefix("(C) blue") == "(C) blue"
+    assert validate(mc_record(options=["A: red", "B) green"])) == []
+    problems = validate(mc_record(options=["(A) red", "B. green"]))
+    assert [p.message for p in problems] == ["option 0 must start with 'A.', got '(A) red'"]
+    assert [p.message for p in validate(mc_record(options=["A. red", "B.  "]))] == ["option B has no text"]
+
+
+def test_the_gold_answer_is_the_first_answer_tag_a_model_answer_the_last():
+    text = "<ANSWER> B </answer> then <answer>C</answer>"
+    assert answer_from_solution(text) == "B" and extract_answer_text(text) == "C"
+    # From the first opening tag to the first closing one, even across a second opening tag.
+    assert answer_from_solution("<answer>A<answer>B</answer>") == "A<answer>B"
+    assert extract_answer_text("<answer>A<answer>B</answer>") == "B"
+    assert answer_from_solution("<answer>A") is None and answer_from_solution("") is None

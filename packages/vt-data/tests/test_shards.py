@@ -18,18 +18,13 @@ import numpy as np
 import pytest
 
 from vt_data.records import VideoQA, write_records
-from vt_data.shards import (
-    StreamConfig,
-    iter_shard_records,
-    list_shards,
-    make_loader,
-    make_stream,
-    read_index,
-    write_shards,
-)
+from vt_data.shards.layout import read_index
+from vt_data.shards.reader import iter_shard_records, list_shards
+from vt_data.shards.stream import StreamConfig, make_loader, make_stream
+from vt_data.shards.writer import write_shards
 from vt_data.video import encode_video
 
-EXTERNAL = Path(__file__).resolve().parents[3].parent / "shared" / "external"
+EXTERNAL = Path(__file__).resolve().parents[3] / "tests" / "data"
 CORRUPT = EXTERNAL / "decord" / "tests" / "test_data" / "corrupted.mp4"
 REAL_MOV = EXTERNAL / "decord" / "tests" / "test_data" / "video_0.mov"
 FRAMES = 20  # per synthetic clip
@@ -128,7 +123,7 @@ def test_corrupt_video_is_skipped_counted_and_reported(videos, tmp_path, caplog,
     # only the counters-only report can tell the loader about it.
     write_shards(make_records(5, corrupt={4}), videos, tmp_path / "out", max_count=2, progress=False)
     loader = make_loader(StreamConfig(tmp_path / "out", shuffle=False), num_workers=num_workers)
-    with caplog.at_level(logging.WARNING, logger="vt_data.shards"):
+    with caplog.at_level(logging.WARNING, logger="vt_data.shards.stream"):
         keys = [s["key"] for s in loader]
     assert sorted(keys) == ["syn-0", "syn-1", "syn-2", "syn-3"]  # skipped, never replaced
     stats = loader.stats
@@ -268,9 +263,9 @@ def test_resampled_length_is_per_rank_not_per_worker(videos, tmp_path):
 
 
 def test_resampled_stream_of_only_corrupt_videos_fails_instead_of_hanging(videos, tmp_path, monkeypatch):
-    import vt_data.shards as shards
+    import vt_data.shards.stream as stream
 
-    monkeypatch.setattr(shards, "_MAX_SKIPS_IN_A_ROW", 3)
+    monkeypatch.setattr(stream, "_MAX_SKIPS_IN_A_ROW", 3)
     write_shards(make_records(2, corrupt={0, 1}), videos, tmp_path / "out", progress=False)
     with pytest.raises(RuntimeError, match="3 samples in a row failed to decode"):
         list(make_loader(StreamConfig(tmp_path / "out", resampled=True, samples_per_rank=4)))
@@ -278,7 +273,7 @@ def test_resampled_stream_of_only_corrupt_videos_fails_instead_of_hanging(videos
 
 _RANK_SCRIPT = r'''
 import json, sys, torch, torch.distributed as dist
-from vt_data.shards import StreamConfig, make_loader
+from vt_data.shards.stream import StreamConfig, make_loader
 
 out, init = sys.argv[1], sys.argv[2]
 rank = int(sys.argv[3])

@@ -24,7 +24,7 @@ from vt_data.timespan import (
     union_iou,
 )
 
-EXTERNAL = Path(__file__).resolve().parents[3].parent / "shared" / "external"
+EXTERNAL = Path(__file__).resolve().parents[3] / "tests" / "data"
 HOLMES_ANNOTATIONS = EXTERNAL / "Video-Holmes" / "Pipeline" / "example_annotations"
 VRBENCH_DEBUG = EXTERNAL / "VRBench" / "inference" / "data" / "VRBench_debug.jsonl"
 
@@ -233,7 +233,6 @@ def test_benchmark_examples():
     assert parse_span("01:30-02:27") == (90.0, 147.0)
 
 
-@pytest.mark.skipif(not HOLMES_ANNOTATIONS.is_dir(), reason="shared/external/Video-Holmes not present")
 def test_video_holmes_annotations_parse():
     expected = {
         "RSmjqss0XKQ": [(0, 37), (37, 90), (90, 147)],
@@ -252,7 +251,6 @@ def test_video_holmes_annotations_parse():
             assert parse_time(shot["Time"]) is not None
 
 
-@pytest.mark.skipif(not VRBENCH_DEBUG.is_file(), reason="shared/external/VRBench not present")
 def test_vrbench_reasoning_steps():
     with_span = without_span = 0
     first_step_qa1 = None

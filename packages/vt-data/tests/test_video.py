@@ -24,17 +24,15 @@ from vt_data.video import (
     sample_indices,
 )
 
-DECORD_DIR = Path(__file__).resolve().parents[3].parent / "shared" / "external" / "decord"
+DECORD_DIR = Path(__file__).resolve().parents[3] / "tests" / "data" / "decord"
 PANCAKE = DECORD_DIR / "examples" / "flipping_a_pancake.mkv"
 TEST_DATA = DECORD_DIR / "tests" / "test_data"
 CORRUPTED = TEST_DATA / "corrupted.mp4"
 
-needs_real = pytest.mark.skipif(not PANCAKE.is_file(), reason=f"real test videos not in {DECORD_DIR}")
-
 # round(linspace(0, 309, 16)) as qwen-vl-utils computes it.
 PANCAKE_16 = [0, 21, 41, 62, 82, 103, 124, 144, 165, 185, 206, 227, 247, 268, 288, 309]
 
-# (file, total frames, duration s, fps, frame shape after rotation); from the shared README / PyAV probe.
+# (file, total frames, duration s, fps, frame shape after rotation); from tests/data/README.md / PyAV probe.
 REAL_VIDEOS = [
     (PANCAKE, 310, 10.381, 30.0, (240, 426, 3)),
     (TEST_DATA / "unordered.mov", 4, 0.125, 32.0, (50, 50, 3)),
@@ -122,7 +120,6 @@ def test_sample_bad_args(args, match):
 # ----------------------------------------------------------------------------------- real videos
 
 
-@needs_real
 @pytest.mark.parametrize("backend", BACKENDS)
 @pytest.mark.parametrize("path, total, duration, fps, shape", REAL_VIDEOS, ids=REAL_IDS)
 def test_real_video_reads(backend, path, total, duration, fps, shape):
@@ -139,7 +136,6 @@ def test_real_video_reads(backend, path, total, duration, fps, shape):
     assert clip.source == str(path)
 
 
-@needs_real
 @pytest.mark.parametrize("backend", BACKENDS)
 def test_unordered_pts_come_back_sorted(backend):
     clip = read_video(TEST_DATA / "unordered.mov", backend=backend)
@@ -147,7 +143,6 @@ def test_unordered_pts_come_back_sorted(backend):
     assert clip.indices.tolist() == [0, 1, 2, 3]
 
 
-@needs_real
 @pytest.mark.parametrize("backend", BACKENDS)
 def test_pancake_16_frames(backend):
     clip = read_video(PANCAKE, num_frames=16, backend=backend)
@@ -157,7 +152,6 @@ def test_pancake_16_frames(backend):
     assert clip.timestamps[2] == pytest.approx(1.367, abs=1e-6)
 
 
-@needs_real
 @pytest.mark.parametrize("path", [PANCAKE, *[TEST_DATA / f"video_{r}.mov" for r in (0, 90, 180, 270)],
                                   TEST_DATA / "unordered.mov"], ids=lambda p: p.name)
 def test_backends_return_the_same_pixels(path):
@@ -172,7 +166,6 @@ def test_backends_return_the_same_pixels(path):
     assert a.duration == pytest.approx(b.duration) and a.fps == pytest.approx(b.fps)
 
 
-@needs_real
 @pytest.mark.parametrize("backend", BACKENDS)
 def test_bytes_equal_path(backend):
     data = PANCAKE.read_bytes()
@@ -185,7 +178,6 @@ def test_bytes_equal_path(backend):
     assert read_video(data, backend=backend, num_frames=1, name="clip-7").source == "clip-7"
 
 
-@needs_real
 def test_probe_pancake():
     facts = probe_video(PANCAKE)
     assert json.loads(json.dumps(facts)) == facts
@@ -208,7 +200,6 @@ def test_probe_pancake():
     assert by_decord == facts
 
 
-@needs_real
 def test_probe_rotation_and_claimed_count():
     facts = probe_video(TEST_DATA / "video_90.mov")
     assert (facts["width"], facts["height"]) == (568, 320)
@@ -254,7 +245,6 @@ def corrupted_result():
     return json.loads(proc.stdout.strip().splitlines()[-1])
 
 
-@needs_real
 @pytest.mark.parametrize("backend", BACKENDS)
 def test_corrupted_raises_typed_error_and_does_not_hang(corrupted_result, backend):
     got = corrupted_result[backend]
@@ -263,7 +253,6 @@ def test_corrupted_raises_typed_error_and_does_not_hang(corrupted_result, backen
     assert "corrupted.mp4" in got["str"] and got["reason"] in got["str"]
 
 
-@needs_real
 def test_import_is_cheap(corrupted_result):
     assert corrupted_result["heavy_imports"] == []
 
@@ -285,7 +274,6 @@ def test_garbage_empty_and_missing_inputs_raise(backend, tmp_path):
         probe_video(garbage, backend="pyav")
 
 
-@needs_real
 @pytest.mark.parametrize("backend", BACKENDS)
 def test_truncated_header_raises(backend):
     with pytest.raises(VideoDecodeError):

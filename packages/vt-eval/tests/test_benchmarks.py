@@ -11,11 +11,9 @@ from vt_data.scoring import score_answer
 from vt_eval.benchmarks import BENCHMARKS, Benchmark, list_benchmarks, load_benchmark, register_benchmark
 from vt_eval.metrics import accuracy_summary
 
-EXTERNAL = Path(__file__).resolve().parents[3].parent / "shared" / "external"
+EXTERNAL = Path(__file__).resolve().parents[3] / "tests" / "data"
 HOLMES = EXTERNAL / "Video-Holmes" / "Pipeline"
 VRBENCH = EXTERNAL / "VRBench" / "inference" / "data" / "VRBench_debug.jsonl"
-needs_holmes = pytest.mark.skipif(not HOLMES.is_dir(), reason="shared/external/Video-Holmes absent")
-needs_vrbench = pytest.mark.skipif(not VRBENCH.is_file(), reason="shared/external/VRBench absent")
 
 # benchmarks.md §6.2 / §6.1
 HOLMES_GOLDS = "ABCABACF" + "DCDACCCC"  # RSmjqss0XKQ then dGS48Kcax5k
@@ -82,7 +80,6 @@ def test_a_user_registers_a_benchmark_without_touching_the_harness(tmp_path):
 
 
 # --- the real files ----------------------------------------------------------------------------------
-@needs_holmes
 def test_video_holmes_example_questions_are_16_records_with_their_golds_and_types():
     bench = load_benchmark("video_holmes", HOLMES / "example_questions",
                            annotations_dir=HOLMES / "example_annotations")
@@ -97,7 +94,6 @@ def test_video_holmes_example_questions_are_16_records_with_their_golds_and_type
     assert _golds(one) == HOLMES_GOLDS[8:] and one.records[0].path == "dGS48Kcax5k.mp4"
 
 
-@needs_vrbench
 def test_vrbench_debug_file_is_13_mcqs_with_golds_and_unknown_categories_passing_through():
     bench = load_benchmark("vrbench", VRBENCH)
     _all_valid(bench)
@@ -113,8 +109,6 @@ def test_vrbench_debug_file_is_13_mcqs_with_golds_and_unknown_categories_passing
 
 
 # --- scorer oracles on the real golds (benchmarks.md §6.5) -------------------------------------------
-@needs_holmes
-@needs_vrbench
 def test_scorer_oracles_on_real_golds():
     holmes = load_benchmark("video_holmes", HOLMES / "example_questions")
     for bench in (holmes, load_benchmark("vrbench", VRBENCH)):
@@ -223,6 +217,19 @@ def test_vsi_bench_types_mca_as_choice_and_na_as_regression(tmp_path):
     assert bench.categories[0] == "object_rel_direction_easy"
 
 
+def test_vsi_bench_keeps_options_lettered_with_a_colon_and_maps_gold_text_to_its_letter(tmp_path):
+    line = {"id": 7, "dataset": "scannet", "scene_name": "s", "question_type": "route_planning",
+            "question": "Which way?", "options": ["A: left", "B: right"], "ground_truth": "right"}
+    bench = load_benchmark("vsi_bench", _write(tmp_path / "test.jsonl", json.dumps(line) + "\n"))
+    _all_valid(bench)
+    assert bench.records[0].options == ["A: left", "B: right"] and _golds(bench) == "B"
+    assert bench.facts["gold_text_mapped_to_letter"] == 1
+    # A label without text after it is not taken as the option's letter: the options get letters.
+    line.update(options=["A.", "B. right"], ground_truth="B")
+    bench = load_benchmark("vsi_bench", _write(tmp_path / "test.jsonl", json.dumps(line) + "\n"))
+    assert bench.records[0].options == ["A. A.", "B. B. right"]
+
+
 def test_videommmu_tracks_strip_image_tags_and_open_items_become_numerical(tmp_path):
     folder = tmp_path / "data"
     folder.mkdir()
@@ -309,6 +316,11 @@ def test_tempcompass_splits_options_out_of_the_question_and_reads_the_answer_lin
     assert _golds(bench) == "BA" and bench.records[0].problem == "How fast does the car move?"
     assert bench.records[0].options == ["A. slowly", "B. quickly", "C. it does not move"]
     assert bench.categories == ["speed", "direction"] and bench.records[0].path == "v_0042.mp4"
+    # "Q:" is no TempCompass option label (only "A." and "A)" are): the line stays in the stem.
+    data["v_0042"]["direction"][0]["question"] = "Q: Which way does the arrow point?\nA) up\nB) down"
+    bench = load_benchmark("tempcompass", _write(tmp_path / "q.json", data))
+    assert bench.records[1].problem == "Q: Which way does the arrow point?"
+    assert bench.records[1].options == ["A. up", "B. down"] and _golds(bench) == "BA"
     data["v_0042"]["speed"][0]["answer"] = "B. slowly"  # letter and text disagree
     with pytest.raises(RecordError, match="does not match an option"):
         load_benchmark("tempcompass", _write(tmp_path / "bad.json", data))

@@ -29,7 +29,7 @@ from vt_eval.metrics import (
     vsi_bench_summary,
 )
 
-EXTERNAL = Path(__file__).resolve().parents[3].parent / "shared" / "external"
+EXTERNAL = Path(__file__).resolve().parents[3] / "tests" / "data"
 HOLMES = EXTERNAL / "Video-Holmes" / "Pipeline"
 
 # method.md §2.3, the illustrative trace.
@@ -106,7 +106,6 @@ def test_predicted_spans_take_every_parsable_time_clipped_to_the_duration():
 
 
 # --- grounding of the reasoning ----------------------------------------------------------------------
-@pytest.mark.skipif(not HOLMES.is_dir(), reason="shared/external/Video-Holmes absent")
 def test_grounding_of_annotation_segments_against_themselves_and_shifted():
     from vt_eval.benchmarks import load_benchmark
 

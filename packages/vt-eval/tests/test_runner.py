@@ -1,6 +1,7 @@
-"""vt_eval.runner on CPU: the tiny random Qwen2.5-VL on vt-data's synthetic test set (built once per
-module), predictions written per batch, resume after an interruption and after a torn line, the 2-rank
-split and merge, undecodable videos skipped and counted, and refusal to mix two runs in one directory.
+"""vt_eval.runner and the modules beside it (plan, predictions, run_identity, merge) on CPU: the tiny
+random Qwen2.5-VL on vt-data's synthetic test set (built once per module), predictions written per
+batch, resume after an interruption and after a torn line, the 2-rank split and merge, undecodable
+videos skipped and counted, and refusal to mix two runs in one directory.
 
 A scripted "oracle" backend (registered through `register_engine`, as a user would add one) answers with
 the gold trace, so scores, grounding and the decode-failure path are checked without a trained model."""
@@ -15,19 +16,13 @@ import pytest
 
 from vt_data.timespan import format_span
 from vt_eval.benchmarks import load_benchmark
+from vt_eval.merge import merge
+from vt_eval.plan import resolve_rank, shard_indices
+from vt_eval.predictions import PredictionWriter, read_predictions
 from vt_eval.protocol import Protocol, get_protocol, prompt_hash
-from vt_eval.runner import (
-    Completion,
-    PredictionWriter,
-    RunMismatchError,
-    evaluate,
-    merge,
-    read_predictions,
-    register_engine,
-    resolve_rank,
-    shard_indices,
-    weights_sha256,
-)
+from vt_eval.run_identity import RunMismatchError, weights_sha256
+from vt_eval.runner import evaluate
+from vt_model.engines import Completion, register_engine
 
 NUM_TEST = 6
 # The tiny_cpu preset: 8 frames at 56x56 stay 56x56 (the tiny pixel floor); 8 new tokens keep it quick.
@@ -68,11 +63,11 @@ class OracleEngine:
 
     num_parameters = None
 
-    def __init__(self, model_path, tokenizer, protocol, video_config, **_):
+    def __init__(self, model_path, tokenizer, video_config, **_):
         pass
 
-    def prepare(self, sample, clip):
-        return sample.record
+    def prepare(self, record, template, clip, **_):
+        return record
 
     def generate(self, prepared):
         out = []
@@ -377,10 +372,10 @@ def test_the_vllm_backend_explains_itself_when_vllm_is_missing(assets, bench, tm
 
 
 def test_weights_are_hashed_once_per_file_with_a_cache(assets, tmp_path, monkeypatch):
-    import vt_eval.runner as runner
+    import vt_eval.run_identity as run_identity
 
     cache = tmp_path / "cache.json"
     first = weights_sha256(assets / "model", cache)
     calls = []
-    monkeypatch.setattr(runner, "_file_sha256", lambda path: calls.append(path) or "x")
+    monkeypatch.setattr(run_identity, "_file_sha256", lambda path: calls.append(path) or "x")
     assert weights_sha256(assets / "model", cache) == first and calls == []

@@ -1,6 +1,6 @@
 """vt_eval.stages: per-run rows from results.json, means over seeds, gains over the reference stage (one
-reference run, or paired by seed), the Markdown tables, the training logs, and the written report with
-its plots, all from small fake evaluation and training directories."""
+reference run, or paired by seed), the Markdown tables, and the written report with its plots (from the
+training logs), all from small fake evaluation and training directories."""
 
 from __future__ import annotations
 
@@ -11,17 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from vt_eval.stages import (
-    StageRun,
-    moving_average,
-    read_step_log,
-    render_table,
-    reward_names,
-    run_gains,
-    seed_summary,
-    stage_rows,
-    write_stage_report,
-)
+from vt_eval.stages import StageRun, render_table, run_gains, seed_summary, stage_rows, write_stage_report
 
 
 def _fake_eval(
@@ -231,41 +221,6 @@ def test_missing_results_names_the_directory(tmp_path):
     with pytest.raises(FileNotFoundError, match="grpo-seed1") as info:
         stage_rows([StageRun("grpo", missing, seed=1)])
     assert "results.json" in str(info.value)
-
-
-def test_step_log_keeps_the_last_line_per_step_and_drops_a_torn_tail(tmp_path):
-    path = tmp_path / "steps.jsonl"
-    lines = [
-        {"step": 1, "loss": 3.0},
-        {"step": 2, "loss": 2.0},
-        {"step": 3, "loss": 9.0},
-        {"step": 3, "loss": 1.5},
-        {"step": 4, "loss": 1.0},
-    ]  # resumed after step 2: step 3 redone
-    path.write_text("".join(json.dumps(r) + "\n" for r in lines) + '{"step": 5, "lo')
-    records = read_step_log(path)
-    assert [(r["step"], r["loss"]) for r in records] == [(1, 3.0), (2, 2.0), (3, 1.5), (4, 1.0)]
-    path.write_text('{"step": 1, "loss": 1.0}\n{"step": 2, "lo\n{"step": 3, "loss": 1.0}\n')
-    with pytest.raises(ValueError, match=r"steps.jsonl:2"):
-        read_step_log(path)
-
-
-def test_moving_average_and_reward_names():
-    assert moving_average([1.0, 2.0, 3.0, 4.0], 2) == pytest.approx([1.0, 1.5, 2.5, 3.5])
-    assert moving_average([5.0, 1.0], 1) == [5.0, 1.0]
-    with pytest.raises(ValueError):
-        moving_average([1.0], 0)
-    records = [
-        {
-            "step": 1,
-            "reward_mean": 1.0,
-            "reward/accuracy_mean": 1.0,
-            "reward/accuracy_std": 0.0,
-            "reward/format_mean": 1.0,
-            "reward_std": 0.1,
-        }
-    ]
-    assert reward_names(records) == ["accuracy", "format"]
 
 
 def test_report_writes_tables_and_plots(tmp_path):

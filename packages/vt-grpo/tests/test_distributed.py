@@ -5,7 +5,7 @@ rank. Checked on the per-step metrics (the KL to the start policy measures how f
 This caught a real bug: DeepSpeed closes a micro-step in `engine.forward()`, which GRPO's direct model
 passes bypass, so ZeRO-3 kept only the last micro-batch's gradient until the module announced each
 micro-batch itself (`GRPOModule._start_micro_batch`). ZeRO-3 rollouts run on gathered weights with
-DeepSpeed's hooks lifted (`GRPOModule._gathered_for_generation`); step 3 checks that training goes on
+DeepSpeed's hooks lifted (`vt_grpo.policy.gathered_for_generation`); step 3 checks that training goes on
 exactly after the hooks were put back. On 2 ranks it also checks that the ranks draw disjoint prompts
 and run the same number of rollout rounds (lockstep)."""
 

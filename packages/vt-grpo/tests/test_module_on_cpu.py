@@ -10,6 +10,7 @@ from functools import partial
 import pytest
 import torch
 
+import vt_grpo.policy
 from vt_grpo.module import GRPOModule
 from vt_grpo.rewards import register_reward
 from vt_grpo.settings import GRPOSettings
@@ -76,7 +77,7 @@ def _module(grpo, model, lr=1e-2, **settings):
 
 def _logprobs(model, grpo):
     """Log-probs of fixed completions under `model` (one prompt, its first 2 completions)."""
-    from vt_data.shards import StreamConfig, make_loader
+    from vt_data.shards.stream import StreamConfig, make_loader
     from vt_grpo.datamodule import PromptCollator
     from vt_grpo.rewards import RewardSet
     from vt_grpo.rollout import build_rollout_batch, sample_groups, score_groups
@@ -124,10 +125,10 @@ def test_lora_reference_is_the_policy_with_its_adapter_disabled(grpo, monkeypatc
     def no_copy(_model):
         raise AssertionError("a LoRA reference must not copy the model")
 
-    monkeypatch.setattr(GRPOModule, "_frozen_copy", staticmethod(no_copy))
+    monkeypatch.setattr(vt_grpo.policy, "frozen_copy", no_copy)
     trainer, _ = _fit(grpo, module, steps=1)
     assert trainer.global_step == 1
-    assert module.reference is None and module._reference_kind == "adapter_disabled"
+    assert module.reference is None and module.reference_policy.kind == "adapter_disabled"
     assert sum(p.numel() for p in module.parameters()) == params  # no second copy anywhere in the module
     assert all("lora_" in n for n, p in module.model.named_parameters() if p.requires_grad)
 
@@ -153,7 +154,7 @@ def test_full_fine_tuning_reference_is_a_frozen_copy_outside_the_checkpoint(grpo
     module = _module(grpo, partial(build_model, grpo.sft_dir), lr=1e-3)
     trainer, datamodule = _fit(grpo, module, steps=1)
     reference = module.reference
-    assert reference is not None and module._reference_kind == "copy"
+    assert reference is not None and module.reference_policy.kind == "copy"
     assert not any(p.requires_grad for p in reference.parameters()) and not reference.training
     assert all(key.startswith("model.") for key in module.state_dict())  # not saved with checkpoints
     start = load_model(grpo.sft_dir)

@@ -160,3 +160,98 @@ def test_generation_stops_at_im_end_and_never_emits_placeholders(tiny, prompts):
             assert out.sequences[p][g].tolist() == [ids.im_end] and out.finished[p][g]
             assert out.texts[p][g] == "" and out.logprobs[p][g].shape == (1,)
             assert out.logprobs[p][g].item() > -1e-3  # probability ~1 once the placeholders are excluded
+
+
+@pytest.fixture()
+def prefill_rows(tiny):
+    """Rows of every language-model call that processes more than one position (a prefill)."""
+    model = tiny[0]
+    rows: list[int] = []
+
+    def record_call(module, args, kwargs, out):
+        embeds = kwargs.get("inputs_embeds")
+        if embeds is not None and embeds.shape[1] > 1:
+            rows.append(int(embeds.shape[0]))
+
+    hook = model.model.language_model.register_forward_hook(record_call, with_kwargs=True)
+    yield rows
+    hook.remove()
+
+
+def test_shared_prefill_runs_the_language_model_once_per_prompt(tiny, prompts, prefill_rows):
+    model, tokenizer, _ = tiny
+    G = 4
+    generate(model, tokenizer, prompts, num_return_sequences=G, do_sample=True, max_new_tokens=4)
+    assert prefill_rows == [2]  # B rows, one call
+    prefill_rows.clear()
+    generate(model, tokenizer, prompts, num_return_sequences=G, do_sample=True, max_new_tokens=4,
+             prefill="per_completion")
+    assert prefill_rows == [2 * G]  # transformers' generate prefills every completion
+
+
+@pytest.mark.parametrize("G", [1, 3])
+def test_shared_prefill_equals_transformers_generate(tiny, prompts, G):
+    """Greedy tokens identical and log-probs equal within float tolerance, left-padded batch, G = 1 and 3."""
+    model, tokenizer, _ = tiny
+    kwargs = dict(num_return_sequences=G, do_sample=False, max_new_tokens=MAX_NEW, return_logprobs=True)
+    shared = generate(model, tokenizer, prompts, **kwargs)
+    reference = generate(model, tokenizer, prompts, prefill="per_completion", **kwargs)
+    assert shared.prompt_lengths == reference.prompt_lengths
+    for p in range(2):
+        for g in range(G):
+            assert torch.equal(shared.sequences[p][g], reference.sequences[p][g])
+            assert shared.texts[p][g] == reference.texts[p][g]
+            assert shared.finished[p][g] == reference.finished[p][g]
+            torch.testing.assert_close(shared.logprobs[p][g], reference.logprobs[p][g], atol=1e-5, rtol=0)
+
+
+def test_shared_prefill_text_only_prompt_equals_transformers_generate(tiny):
+    """The hindsight checker's prompts carry no video: the shared path handles them too."""
+    model, tokenizer, _ = tiny
+    text = tokenizer.apply_chat_template([{"role": "user", "content": "Which colour is first?"}],
+                                         tokenize=False, add_generation_prompt=True)
+    ids = torch.tensor(tokenizer(text)["input_ids"])
+    prompt = {"input_ids": ids, "attention_mask": torch.ones_like(ids),
+              "mm_token_type_ids": torch.zeros_like(ids)}
+    kwargs = dict(num_return_sequences=2, do_sample=False, max_new_tokens=MAX_NEW, return_logprobs=True)
+    shared = generate(model, tokenizer, [prompt], **kwargs)
+    reference = generate(model, tokenizer, [prompt], prefill="per_completion", **kwargs)
+    for g in range(2):
+        assert torch.equal(shared.sequences[0][g], reference.sequences[0][g])
+        torch.testing.assert_close(shared.logprobs[0][g], reference.logprobs[0][g], atol=1e-5, rtol=0)
+
+
+@pytest.mark.parametrize(("temperature", "top_k", "top_p"), [(1.0, 0, 1.0), (0.7, 5, 1.0), (1.3, 0, 0.8),
+                                                             (0.9, 40, 0.9), (1.0, 1, 0.5)])
+def test_sampling_filter_matches_transformers_warpers(temperature, top_k, top_p):
+    from transformers import TemperatureLogitsWarper, TopKLogitsWarper, TopPLogitsWarper
+
+    from vt_model.generation import _filter_logits
+
+    logits = torch.randn(6, 97, generator=torch.Generator().manual_seed(1)) * 3
+    expected = logits.clone()
+    if temperature != 1.0:
+        expected = TemperatureLogitsWarper(temperature)(None, expected)
+    if top_k:
+        expected = TopKLogitsWarper(top_k)(None, expected)
+    if top_p < 1.0:
+        expected = TopPLogitsWarper(top_p)(None, expected)
+    ours = _filter_logits(logits, temperature=temperature, top_k=top_k, top_p=top_p)
+    assert torch.equal(torch.isinf(ours), torch.isinf(expected))
+    torch.testing.assert_close(ours.softmax(-1), expected.softmax(-1))
+
+
+def test_shared_prefill_samples_follow_the_filtered_distribution(tiny, prompts):
+    """top_k=1 sampling is greedy: any other token would mean the filter was not applied."""
+    model, tokenizer, _ = tiny
+    greedy = generate(model, tokenizer, prompts, num_return_sequences=1, do_sample=False, max_new_tokens=6)
+    sampled = generate(model, tokenizer, prompts, num_return_sequences=3, do_sample=True, temperature=1.5,
+                       top_k=1, max_new_tokens=6)
+    for p in range(2):
+        assert all(torch.equal(s, greedy.sequences[p][0]) for s in sampled.sequences[p])
+
+
+def test_prefill_argument_is_checked(tiny, prompts):
+    model, tokenizer, _ = tiny
+    with pytest.raises(ValueError, match="prefill must be"):
+        generate(model, tokenizer, prompts, prefill="twice")

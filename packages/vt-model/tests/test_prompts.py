@@ -24,7 +24,7 @@ from vt_model.prompts import (
 
 @pytest.fixture(scope="module")
 def tokenizer():
-    from vt_model.tiny import build_tiny_tokenizer
+    from vt_model.offline_tokenizers import build_tiny_tokenizer
 
     return build_tiny_tokenizer()
 

@@ -138,7 +138,7 @@ def test_relaunch_argv_runs_exactly_this_job():
 def small_shards(tmp_path_factory):
     """10 samples of tiny clips in 3 shards."""
     from vt_data.records import VideoQA
-    from vt_data.shards import write_shards
+    from vt_data.shards.writer import write_shards
     from vt_data.video import encode_video
 
     root = tmp_path_factory.mktemp("stream")
@@ -154,7 +154,7 @@ def _keys_batch(samples):
 
 
 def _step_batches(shards, micro, accum):
-    from vt_data.shards import StreamConfig, make_loader
+    from vt_data.shards.stream import StreamConfig, make_loader
     from vt_model.training.streaming import StepBatches
 
     config = StreamConfig(shards, num_frames=2, max_frames=2, shuffle=True, shuffle_buffer=4, seed=7)

@@ -75,7 +75,7 @@ def test_step_normalisation_is_layout_invariant_where_a_micro_batch_mean_is_not(
 def test_loss_sum_matches_the_models_own_mean_loss(sft):
     """On the tiny Qwen2.5-VL: logits at the kept positions only (logits_to_keep mask) give the same loss
     as the model's full-logits mean, times the token count."""
-    from vt_data.shards import StreamConfig, make_loader
+    from vt_data.shards.stream import StreamConfig, make_loader
     from vt_model.loading import load_model, load_tokenizer
     from vt_model.processing import VideoProcessorConfig
     from vt_sft.datamodule import SFTCollator

@@ -56,7 +56,7 @@ def test_seven_b_full_fine_tuning_trains_the_language_model_only():
     """On the meta device (no weights): the frozen tower leaves the language model trainable."""
     from vt_model.adapters import count_parameters, freeze_vision
     from vt_model.loading import build_on_meta
-    from vt_model.tiny import qwen25vl_7b_config
+    from vt_model.model_configs import qwen25vl_7b_config
 
     model, total = build_on_meta(qwen25vl_7b_config())
     trainable, _ = count_parameters(freeze_vision(model, freeze_merger=True))

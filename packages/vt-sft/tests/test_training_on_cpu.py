@@ -66,7 +66,7 @@ def test_loss_decreases_and_the_run_exports_a_loadable_model(sft, tmp_path):
 @pytest.fixture(scope="module")
 def layout_shards(sft, tmp_path_factory):
     from vt_data.records import load_records
-    from vt_data.shards import write_shards
+    from vt_data.shards.writer import write_shards
 
     records = load_records(sft.assets / "synthetic" / "train.jsonl")[:2 * STEPS]
     root = tmp_path_factory.mktemp("layouts")

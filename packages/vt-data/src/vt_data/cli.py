@@ -73,7 +73,7 @@ def cmd_validate(args: argparse.Namespace) -> int:
 
 def cmd_shard(args: argparse.Namespace) -> int:
     from vt_data.records import load_records
-    from vt_data.shards import write_shards
+    from vt_data.shards.writer import write_shards
 
     records = [r for f in args.files for r in load_records(f)]
     # The method's data regime: SFT on the traced part, GRPO on the answer-only part (method.md §5, §7).

@@ -51,27 +51,27 @@ Sources (formats: benchmarks.md §2, §4, §5, §6):
 from __future__ import annotations
 
 import csv
-import dataclasses
-import inspect
 import math
 import re
 from collections import Counter
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from vt_data.loaders import LoaderRegistry, Loc, as_bool, check_records, fit_span, format_path, mc_record
 from vt_data.records import (
-    RecordError,
     Segment,
     VideoQA,
     format_options,
     iter_json_lines,
     iter_records,
+    option_letter,
+    option_letters,
     read_json,
-    validate,
+    split_option_label,
 )
-from vt_data.timespan import Span, clip_span, format_span, parse_span
+from vt_data.timespan import Span, format_span, parse_span
 
 
 @dataclass
@@ -82,23 +82,11 @@ class ConversionResult:
     counts: Counter = field(default_factory=Counter)
 
 
-Converter = Callable[..., ConversionResult]
-CONVERTERS: dict[str, Converter] = {}
-
-
-def register_converter(name: str, *, replace: bool = False) -> Callable[[Converter], Converter]:
-    """Register `fn(path: Path, **options) -> ConversionResult` under `name` (decorator).
-
-    Re-registering a taken name raises unless `replace=True`, so two plugins cannot shadow each
-    other by accident."""
-
-    def decorator(fn: Converter) -> Converter:
-        if name in CONVERTERS and CONVERTERS[name] is not fn and not replace:
-            raise ValueError(f"a converter is already registered as {name!r}; pass replace=True")
-        CONVERTERS[name] = fn
-        return fn
-
-    return decorator
+# source -> `fn(path: Path, **options) -> ConversionResult`.
+CONVERTERS = LoaderRegistry("converter", key="source")
+# `@register_converter(name, replace=False)`; a taken name raises unless `replace=True`, so two plugins
+# cannot shadow each other by accident.
+register_converter = CONVERTERS.register
 
 
 def convert(source: str, path: str | Path, *, check: bool | str = True, **options: Any) -> ConversionResult:
@@ -106,10 +94,8 @@ def convert(source: str, path: str | Path, *, check: bool | str = True, **option
 
     Unknown sources and options raise ValueError listing the valid ones; malformed input raises
     RecordError. With `check` (default), every produced record must pass `validate`."""
-    if source not in CONVERTERS:
-        raise ValueError(f"unknown source {source!r}; known sources: {', '.join(sorted(CONVERTERS))}")
-    fn = CONVERTERS[source]
-    _check_options(source, fn, options)
+    fn = CONVERTERS.loader(source)
+    CONVERTERS.check_options(source, options)
     check = as_bool(check, "check")
     path = Path(path)
     if not path.is_file():
@@ -117,76 +103,12 @@ def convert(source: str, path: str | Path, *, check: bool | str = True, **option
     result = fn(path, **options)
     result.counts["records"] = len(result.records)
     if check:
-        for index, record in enumerate(result.records):
-            problems = validate(record)
-            if problems:
-                raise RecordError(
-                    f"converter {source!r} produced an invalid record #{index} ({record.key}): "
-                    + "; ".join(str(p) for p in problems), source=str(path))
+        check_records(result.records, f"converter {source!r}", path)
     return result
 
 
-def _check_options(source: str, fn: Converter, options: Mapping[str, Any]) -> None:
-    params = list(inspect.signature(fn).parameters.values())
-    if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params):
-        return
-    # The first parameter takes the path; any other nameable parameter is an option.
-    named = (inspect.Parameter.POSITIONAL_OR_KEYWORD, inspect.Parameter.KEYWORD_ONLY)
-    accepted = [p.name for p in params[1:] if p.kind in named]
-    unknown = sorted(set(options) - set(accepted))
-    if unknown:
-        raise ValueError(f"converter {source!r} does not take option(s) {', '.join(unknown)}; "
-                         f"its options: {', '.join(accepted) or '(none)'}")
-
-
-def as_bool(value: bool | str, name: str) -> bool:
-    """A boolean option given as a bool or a CLI string (true/false, yes/no, 1/0, on/off)."""
-    if isinstance(value, bool):
-        return value
-    lowered = str(value).strip().lower()
-    if lowered in ("1", "true", "yes", "on"):
-        return True
-    if lowered in ("0", "false", "no", "off"):
-        return False
-    raise ValueError(f"option {name!r} must be true or false, got {value!r}")
-
-
 # --- reading helpers ------------------------------------------------------------------------------
-@dataclass(frozen=True)
-class _Loc:
-    """Where in the input we are, so every error names the file, line/index, item and field."""
-
-    path: Path
-    line: int | None = None
-    item: str | None = None
-
-    def at(self, *, line: int | None = None, item: str | None = None) -> _Loc:
-        if item is not None and self.item is not None:
-            item = f"{self.item} {item}"
-        return dataclasses.replace(self, line=self.line if line is None else line,
-                                   item=self.item if item is None else item)
-
-    def error(self, message: str, field_name: str | None = None) -> RecordError:
-        prefix = f"{self.item}: " if self.item else ""
-        return RecordError(prefix + message, source=str(self.path), line=self.line, field_name=field_name)
-
-
-def _need(obj: Any, key: str, kind: type | tuple[type, ...], loc: _Loc, *, optional: bool = False) -> Any:
-    """obj[key], checked to be of `kind`; a missing key is None when `optional`, else an error."""
-    if not isinstance(obj, dict):
-        raise loc.error(f"expected a JSON object, got {type(obj).__name__}")
-    if key not in obj or obj[key] is None:
-        if optional:
-            return None
-        raise loc.error("is missing", key)
-    value = obj[key]
-    if not isinstance(value, kind):
-        names = kind.__name__ if isinstance(kind, type) else " or ".join(k.__name__ for k in kind)
-        raise loc.error(f"must be {names}, got {type(value).__name__}", key)
-    return value
-
-
-def _seconds(value: Any, loc: _Loc, field_name: str) -> float:
+def _seconds(value: Any, loc: Loc, field_name: str) -> float:
     """A number of seconds (numbers, or numeric strings as some dumps write them); finite."""
     if isinstance(value, bool):
         raise loc.error(f"must be a number of seconds, got {value!r}", field_name)
@@ -199,43 +121,20 @@ def _seconds(value: Any, loc: _Loc, field_name: str) -> float:
     return seconds
 
 
-def _duration(value: Any, loc: _Loc, field_name: str = "duration") -> float:
+def _duration(value: Any, loc: Loc, field_name: str = "duration") -> float:
     seconds = _seconds(value, loc, field_name)
     if seconds <= 0:
         raise loc.error(f"must be positive, got {value!r}", field_name)
     return seconds
 
 
-def _ext(video_ext: str) -> str:
-    return video_ext if not video_ext or video_ext.startswith(".") else f".{video_ext}"
-
-
-def _video_path(template: str, loc: _Loc, **fields: Any) -> str:
-    try:
-        return template.format(**fields)
-    except (KeyError, IndexError) as exc:
-        raise ValueError(f"path_template {template!r} uses an unknown field {exc}; "
-                         f"available: {', '.join(sorted(fields))}") from None
-
-
-def _fit_span(span: Span, duration: float | None, counts: Counter, kind: str) -> Span | None:
-    """`span` clipped to [0, duration] (or just to start >= 0 without a duration), counting
-    "<kind>_clipped" when it changed and "<kind>_dropped" when nothing of positive length is left."""
-    fitted = clip_span(span, math.inf if duration is None else duration)
-    if fitted is None:
-        counts[f"{kind}_dropped"] += 1
-    elif fitted != (span[0], span[1]):
-        counts[f"{kind}_clipped"] += 1
-    return fitted
-
-
-def _mc_options(options: Any, loc: _Loc, field_name: str = "options") -> tuple[list[str], list[str]]:
+def _mc_options(options: Any, loc: Loc, field_name: str = "options") -> tuple[list[str], list[str]]:
     """A {letter: text} dict -> ("A. text" strings in letter order, the letters). The letters must
     run A, B, C, ... without gaps, or the gold letter would point at the wrong option."""
     if not isinstance(options, dict) or not options:
         raise loc.error("must be a non-empty object {letter: text}", field_name)
     letters = sorted(options)
-    expected = [chr(ord("A") + i) for i in range(len(letters))]
+    expected = option_letters(len(letters))
     if letters != expected:
         raise loc.error(f"letters must run {''.join(expected)}, got {', '.join(map(str, letters))}",
                         field_name)
@@ -248,18 +147,12 @@ def _mc_options(options: Any, loc: _Loc, field_name: str = "options") -> tuple[l
     return format_options(texts), letters
 
 
-def _gold_letter(value: Any, letters: list[str], loc: _Loc, field_name: str) -> str:
+def _gold_letter(value: Any, letters: list[str], loc: Loc, field_name: str) -> str:
     letter = str(value).strip().strip("()").strip() if isinstance(value, (str, int)) else None
     if letter not in letters:
         raise loc.error(f"gold answer {value!r} is not one of the option letters {''.join(letters)}",
                         field_name)
     return letter
-
-
-def _mc_record(**fields: Any) -> VideoQA:
-    gold = fields.pop("gold")
-    return VideoQA(problem_type="multiple choice", data_type="video", solution=f"<answer>{gold}</answer>",
-                   **fields)
 
 
 def _grounding_record(*, query: str, span: Span, **fields: Any) -> VideoQA:
@@ -291,16 +184,16 @@ def convert_activitynet_captions(path: Path, *, path_template: str = "{video_id}
     counts = result.counts
     data = read_json(path)
     if not isinstance(data, dict):
-        raise _Loc(path).error(f"expected a JSON object keyed by video id, got {type(data).__name__}")
+        raise Loc(path).error(f"expected a JSON object keyed by video id, got {type(data).__name__}")
     for video_id, video in data.items():
-        loc = _Loc(path, item=f"video {video_id!r}")
-        duration = _duration(_need(video, "duration", (int, float, str), loc), loc)
-        timestamps = _need(video, "timestamps", list, loc)
-        sentences = _need(video, "sentences", list, loc)
+        loc = Loc(path, item=f"video {video_id!r}")
+        duration = _duration(loc.need(video, "duration", (int, float, str)), loc)
+        timestamps = loc.need(video, "timestamps", list)
+        sentences = loc.need(video, "sentences", list)
         if len(timestamps) != len(sentences):
             raise loc.error(f"has {len(timestamps)} timestamps but {len(sentences)} sentences", "sentences")
         counts["videos"] += 1
-        video_path = _video_path(path_template, loc, video_id=video_id, ext=_ext(video_ext),
+        video_path = format_path(path_template, video_id=video_id, ext=video_ext,
                                  youtube_id=video_id.removeprefix("v_"))
         for index, (stamp, sentence) in enumerate(zip(timestamps, sentences, strict=True)):
             if not isinstance(stamp, list) or len(stamp) != 2:
@@ -313,7 +206,7 @@ def convert_activitynet_captions(path: Path, *, path_template: str = "{video_id}
                 counts["skipped_empty_query"] += 1
                 continue
             span = (_seconds(stamp[0], loc, "timestamps"), _seconds(stamp[1], loc, "timestamps"))
-            span = _fit_span(span, duration, counts, "spans")
+            span = fit_span(span, duration, counts, "spans")
             if span is None:
                 continue
             result.records.append(_grounding_record(
@@ -328,12 +221,12 @@ def _load_durations(spec: Mapping[str, Any] | str | Path) -> dict[str, float]:
     id column (`id` / `video_id` / `vid`) and a duration column (`length` / `duration`), as in the
     official Charades_v1_{train,test}.csv, or headerless `video_id,seconds` rows."""
     if isinstance(spec, Mapping):
-        loc = _Loc(Path("<durations>"))
+        loc = Loc(Path("<durations>"))
         return {str(k): _duration(v, loc.at(item=f"video {k!r}")) for k, v in spec.items()}
     path = Path(spec)
     if not path.is_file():
         raise FileNotFoundError(f"durations file not found: {path}")
-    loc = _Loc(path)
+    loc = Loc(path)
     if path.suffix.lower() != ".csv":
         data = read_json(path)
         if not isinstance(data, dict):
@@ -377,7 +270,7 @@ def convert_charades_sta(path: Path, *, durations: Mapping[str, Any] | str | Pat
             text = raw.rstrip("\r\n")
             if not text.strip():
                 continue
-            loc = _Loc(path, line=lineno)
+            loc = Loc(path, line=lineno)
             head, sep, sentence = text.partition("##")
             if not sep:
                 raise loc.error(f"expected 'VIDEO START END##sentence', no '##' in {text[:60]!r}",
@@ -396,10 +289,10 @@ def convert_charades_sta(path: Path, *, durations: Mapping[str, Any] | str | Pat
             duration = table.get(video_id) if table is not None else None
             if duration is None:
                 counts["no_duration"] += 1
-            span = _fit_span(span, duration, counts, "spans")
+            span = fit_span(span, duration, counts, "spans")
             if span is None:
                 continue
-            video_path = _video_path(path_template, loc, video_id=video_id, ext=_ext(video_ext))
+            video_path = format_path(path_template, video_id=video_id, ext=video_ext)
             result.records.append(_grounding_record(
                 query=query, span=span, path=video_path, data_source=data_source,
                 problem_id=f"{video_id}_{index}", duration=duration, extra={"video_id": video_id}))
@@ -416,34 +309,34 @@ def convert_youcook2(path: Path, *, subset: str | None = None, path_template: st
     result = ConversionResult()
     counts = result.counts
     data = read_json(path)
-    database = _need(data, "database", dict, _Loc(path))
+    database = Loc(path).need(data, "database", dict)
     for video_id, video in database.items():
-        loc = _Loc(path, item=f"video {video_id!r}")
-        video_subset = _need(video, "subset", str, loc, optional=True)
+        loc = Loc(path, item=f"video {video_id!r}")
+        video_subset = loc.need(video, "subset", str, optional=True)
         if subset is not None and video_subset != subset:
             counts["skipped_subset"] += 1
             continue
-        duration = _duration(_need(video, "duration", (int, float, str), loc), loc)
-        recipe_type = _need(video, "recipe_type", (str, int), loc, optional=True)
-        annotations = _need(video, "annotations", list, loc)
+        duration = _duration(loc.need(video, "duration", (int, float, str)), loc)
+        recipe_type = loc.need(video, "recipe_type", (str, int), optional=True)
+        annotations = loc.need(video, "annotations", list)
         counts["videos"] += 1
-        video_path = _video_path(path_template, loc, video_id=video_id, ext=_ext(video_ext),
+        video_path = format_path(path_template, video_id=video_id, ext=video_ext,
                                  subset=video_subset, recipe_type=recipe_type)
         extra = {"video_id": video_id, "subset": video_subset, "recipe_type": recipe_type}
         if video.get("video_url"):
             extra["video_url"] = video["video_url"]
         for index, step in enumerate(annotations):
             step_loc = loc.at(item=f"annotation {index}")
-            segment = _need(step, "segment", list, step_loc)
+            segment = step_loc.need(step, "segment", list)
             if len(segment) != 2:
                 raise step_loc.error(f"must be [start, end], got {segment!r}", "segment")
-            query = _need(step, "sentence", str, step_loc).strip()
+            query = step_loc.need(step, "sentence", str).strip()
             step_id = step.get("id", index)
             if not query:
                 counts["skipped_empty_query"] += 1
                 continue
             span = (_seconds(segment[0], step_loc, "segment"), _seconds(segment[1], step_loc, "segment"))
-            span = _fit_span(span, duration, counts, "spans")
+            span = fit_span(span, duration, counts, "spans")
             if span is None:
                 continue
             result.records.append(_grounding_record(
@@ -464,9 +357,9 @@ def _holmes_segments(annotations_dir: Path, video_id: str, counts: Counter) -> l
     items = data if isinstance(data, list) else [data]
     segments = []
     for index, item in enumerate(items):
-        loc = _Loc(file, line=index)
-        for entry in _need(item, "Segment Description", list, loc, optional=True) or []:
-            span = parse_span(_need(entry, "TimeRange", str, loc))
+        loc = Loc(file, line=index)
+        for entry in loc.need(item, "Segment Description", list, optional=True) or []:
+            span = parse_span(loc.need(entry, "TimeRange", str))
             if span is None or span[1] <= span[0]:
                 counts["annotation_ranges_unparsed"] += 1
                 continue
@@ -484,20 +377,20 @@ def convert_video_holmes(path: Path, *, annotations_dir: str | Path | None = Non
     counts = result.counts
     data = read_json(path)
     if not isinstance(data, list):
-        raise _Loc(path).error(f"expected a JSON list of questions, got {type(data).__name__}")
+        raise Loc(path).error(f"expected a JSON list of questions, got {type(data).__name__}")
     film_segments: dict[str, list[list] | None] = {}
     for index, item in enumerate(data):
-        loc = _Loc(path, line=index)
-        video_id = _need(item, "video ID", str, loc)
-        question_id = _need(item, "Question ID", (int, str), loc)
-        question = _need(item, "Question", str, loc)
-        options, letters = _mc_options(_need(item, "Options", dict, loc), loc, "Options")
+        loc = Loc(path, line=index)
+        video_id = loc.need(item, "video ID", str)
+        question_id = loc.need(item, "Question ID", (int, str))
+        question = loc.need(item, "Question", str)
+        options, letters = _mc_options(loc.need(item, "Options", dict), loc, "Options")
         if item.get("Answer") in (None, ""):
             counts["skipped_no_answer"] += 1
             continue
         gold = _gold_letter(item["Answer"], letters, loc, "Answer")
         extra: dict[str, Any] = {
-            "original_question_type": _need(item, "Question Type", str, loc),
+            "original_question_type": loc.need(item, "Question Type", str),
             "video_id": video_id,
             "question_id": question_id,
             "explanation": item.get("Explanation") or "",
@@ -508,9 +401,9 @@ def convert_video_holmes(path: Path, *, annotations_dir: str | Path | None = Non
             if film_segments[video_id] is not None:
                 # Film-level descriptions, not evidence for this question: kept apart from `segments`.
                 extra["video_segments"] = [list(s) for s in film_segments[video_id]]
-        result.records.append(_mc_record(
+        result.records.append(mc_record(
             problem=question.strip(), options=options, gold=gold,
-            path=_video_path(path_template, loc, video_id=video_id, ext=_ext(video_ext)),
+            path=format_path(path_template, video_id=video_id, ext=video_ext),
             data_source=data_source, problem_id=f"{video_id}_{question_id}", extra=extra))
     counts["videos"] = len({r.extra["video_id"] for r in result.records})
     return result
@@ -546,27 +439,27 @@ def convert_vrbench(path: Path, *, path_template: str | None = None, video_ext: 
     result = ConversionResult()
     counts = result.counts
     for lineno, video in iter_json_lines(path):
-        loc = _Loc(path, line=lineno)
-        video_id = _need(video, "video_id", str, loc)
+        loc = Loc(path, line=lineno)
+        video_id = loc.need(video, "video_id", str)
         loc = loc.at(item=f"video {video_id!r}")
         if path_template is None:
-            video_path = _need(video, "video_path", str, loc)
+            video_path = loc.need(video, "video_path", str)
         else:
-            video_path = _video_path(path_template, loc, video_id=video_id, ext=_ext(video_ext),
+            video_path = format_path(path_template, video_id=video_id, ext=video_ext,
                                      video_path=video.get("video_path"))
-        mcq = _need(video, "mcq", dict, loc, optional=True) or {}
+        mcq = loc.need(video, "mcq", dict, optional=True) or {}
         counts["videos"] += 1
         if not mcq:
             counts["videos_without_mcq"] += 1
         for qa_key, qa in mcq.items():
             qa_loc = loc.at(item=qa_key)
-            question = _need(qa, "question", str, qa_loc)
-            options, letters = _mc_options(_need(qa, "options", dict, qa_loc), qa_loc)
+            question = qa_loc.need(qa, "question", str)
+            options, letters = _mc_options(qa_loc.need(qa, "options", dict), qa_loc)
             if qa.get("answer") in (None, ""):
                 counts["skipped_no_answer"] += 1
                 continue
             gold = _gold_letter(qa["answer"], letters, qa_loc, "answer")
-            steps = _need(qa, "reasoning_process", dict, qa_loc, optional=True) or {}
+            steps = qa_loc.need(qa, "reasoning_process", dict, optional=True) or {}
             segments = []
             for step_key, step in steps.items():
                 if not isinstance(step, str):
@@ -575,7 +468,7 @@ def convert_vrbench(path: Path, *, path_template: str | None = None, video_ext: 
                 caption, spans = _split_step(step)
                 counts["steps_with_span" if spans else "steps_without_span"] += 1
                 for span in spans:
-                    fitted = _fit_span(span, None, counts, "segments")
+                    fitted = fit_span(span, None, counts, "segments")
                     if fitted is not None:
                         segments.append(Segment(fitted[0], fitted[1], caption))
             extra = {
@@ -586,7 +479,7 @@ def convert_vrbench(path: Path, *, path_template: str | None = None, video_ext: 
                 "video_read_type": video.get("video_read_type"),
                 "reasoning_process": steps,
             }
-            result.records.append(_mc_record(
+            result.records.append(mc_record(
                 problem=question.strip(), options=options, gold=gold, path=video_path,
                 data_source=data_source, problem_id=f"{video_id}_{qa_key}",
                 segments=segments, extra=extra))
@@ -603,17 +496,17 @@ def convert_star(path: Path, *, path_template: str = "{video_id}{ext}", video_ex
     counts = result.counts
     data = read_json(path)
     if not isinstance(data, list):
-        raise _Loc(path).error(f"expected a JSON list of questions, got {type(data).__name__}")
+        raise Loc(path).error(f"expected a JSON list of questions, got {type(data).__name__}")
     videos = set()
     for index, item in enumerate(data):
-        loc = _Loc(path, line=index)
-        question_id = _need(item, "question_id", str, loc)
-        video_id = _need(item, "video_id", str, loc)
-        question = _need(item, "question", str, loc)
-        choices = _need(item, "choices", list, loc)
+        loc = Loc(path, line=index)
+        question_id = loc.need(item, "question_id", str)
+        video_id = loc.need(item, "video_id", str)
+        question = loc.need(item, "question", str)
+        choices = loc.need(item, "choices", list)
         texts = []
         for i, choice in enumerate(choices):
-            text = _need(choice, "choice", str, loc.at(item=f"choice {i}"))
+            text = loc.at(item=f"choice {i}").need(choice, "choice", str)
             if not text.strip():
                 raise loc.error(f"choice {i} is empty", "choices")
             texts.append(text)
@@ -627,13 +520,13 @@ def convert_star(path: Path, *, path_template: str = "{video_id}{ext}", video_ex
         if len(matches) != 1:
             found = "matches no choice" if not matches else f"matches {len(matches)} choices"
             raise loc.error(f"answer {answer!r} {found}", "answer")
-        start = _seconds(_need(item, "start", (int, float, str), loc), loc, "start")
-        end = _seconds(_need(item, "end", (int, float, str), loc), loc, "end")
-        span = _fit_span((start, end), None, counts, "segments")
+        start = _seconds(loc.need(item, "start", (int, float, str)), loc, "start")
+        end = _seconds(loc.need(item, "end", (int, float, str)), loc, "end")
+        span = fit_span((start, end), None, counts, "segments")
         videos.add(video_id)
-        result.records.append(_mc_record(
-            problem=question.strip(), options=format_options(texts), gold=chr(ord("A") + matches[0]),
-            path=_video_path(path_template, loc, video_id=video_id, ext=_ext(video_ext)),
+        result.records.append(mc_record(
+            problem=question.strip(), options=format_options(texts), gold=option_letter(matches[0]),
+            path=format_path(path_template, video_id=video_id, ext=video_ext),
             data_source=data_source, problem_id=question_id,
             segments=[Segment(span[0], span[1], "")] if span else [],
             extra={"original_question_type": question_id.split("_", 1)[0], "question_id": question_id,
@@ -643,17 +536,15 @@ def convert_star(path: Path, *, path_template: str = "{video_id}{ext}", video_ex
 
 
 # --- LVBench --------------------------------------------------------------------------------------
-_LVBENCH_OPTION = re.compile(r"^\s*\(([A-Z])\)\s*(.*?)\s*$")
-
-
-def _split_lvbench_question(text: str, loc: _Loc) -> tuple[str, list[str]]:
+def _split_lvbench_question(text: str, loc: Loc) -> tuple[str, list[str]]:
     """"Stem\\n(A) x\\n(B) y" -> ("Stem", ["x", "y"]); options must run A, B, ... one per line."""
     stem_lines, options = [], []
     for line in text.splitlines():
-        found = _LVBENCH_OPTION.match(line)
-        if found:
-            letter, option = found.groups()
-            if letter != chr(ord("A") + len(options)):
+        # LVBench letters its options "(A) x" only; "A. x" in the stem stays stem text.
+        label = split_option_label(line, separators="", parens="required")
+        if label:
+            letter, option = label[0], label[1].rstrip()
+            if letter != option_letter(len(options)):
                 raise loc.error(f"option ({letter}) out of order in {text[:80]!r}", "question")
             options.append(option)
         elif options and line.strip():
@@ -673,10 +564,10 @@ def convert_lvbench(path: Path, *, path_template: str = "{video_id}{ext}", video
     result = ConversionResult()
     counts = result.counts
     for lineno, video in iter_json_lines(path):
-        loc = _Loc(path, line=lineno)
-        video_id = _need(video, "key", str, loc)
+        loc = Loc(path, line=lineno)
+        video_id = loc.need(video, "key", str)
         loc = loc.at(item=f"video {video_id!r}")
-        info = _need(video, "video_info", dict, loc, optional=True) or {}
+        info = loc.need(video, "video_info", dict, optional=True) or {}
         minutes = info.get("duration_minutes")
         duration = None
         if minutes is None:
@@ -685,14 +576,14 @@ def convert_lvbench(path: Path, *, path_template: str = "{video_id}{ext}", video
             # Minutes are given rounded, so the duration is only as exact as that rounding.
             duration = round(_duration(minutes, loc, "video_info.duration_minutes") * 60, 3)
         video_type = video.get("type")
-        video_path = _video_path(path_template, loc, video_id=video_id, ext=_ext(video_ext),
+        video_path = format_path(path_template, video_id=video_id, ext=video_ext,
                                  video_type=video_type)
         counts["videos"] += 1
-        for index, qa in enumerate(_need(video, "qa", list, loc)):
+        for index, qa in enumerate(loc.need(video, "qa", list)):
             qa_loc = loc.at(item=f"qa {index}")
-            uid = _need(qa, "uid", (int, str), qa_loc)
-            stem, texts = _split_lvbench_question(_need(qa, "question", str, qa_loc), qa_loc)
-            letters = [chr(ord("A") + i) for i in range(len(texts))]
+            uid = qa_loc.need(qa, "uid", (int, str))
+            stem, texts = _split_lvbench_question(qa_loc.need(qa, "question", str), qa_loc)
+            letters = option_letters(len(texts))
             if qa.get("answer") in (None, ""):
                 counts["skipped_no_answer"] += 1
                 continue
@@ -705,12 +596,12 @@ def convert_lvbench(path: Path, *, path_template: str = "{video_id}{ext}", video
                 counts["no_time_reference"] += 1
             elif (span := parse_span(str(reference))) is None:
                 counts["time_reference_unparsed"] += 1
-            elif (span := _fit_span(span, duration, counts, "segments")) is not None:
+            elif (span := fit_span(span, duration, counts, "segments")) is not None:
                 segments.append(Segment(span[0], span[1], ""))
             extra = {"original_question_type": ", ".join(types), "question_types": types,
                      "video_id": video_id, "uid": uid, "video_type": video_type,
                      "time_reference": reference}
-            result.records.append(_mc_record(
+            result.records.append(mc_record(
                 problem=stem, options=format_options(texts), gold=gold, path=video_path,
                 data_source=data_source, problem_id=uid, duration=duration, segments=segments,
                 extra=extra))

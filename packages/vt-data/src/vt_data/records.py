@@ -4,12 +4,16 @@ Video-Thinker JSON schema, plus our optional fields (duration, ground-truth segm
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 import re
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+
+from vt_data.files import atomic_open, write_jsonl_atomic
+from vt_data.trace import answer_tag_body
 
 # The Video-R1 schema, in the order its files use. Every reader/writer goes through these names.
 VIDEO_R1_FIELDS = (
@@ -31,8 +35,8 @@ EXTRA_FIELDS = ("duration", "segments", "answer")
 PROBLEM_TYPES = ("multiple choice", "numerical", "OCR", "free-form", "regression", "grounding")
 DATA_TYPES = ("video", "image")
 
-_OPTION_PREFIX = re.compile(r"^\s*([A-Z])\s*[.:)]\s*")
-_ANSWER_TAG = re.compile(r"<answer>\s*(.*?)\s*</answer>", re.DOTALL | re.IGNORECASE)
+# `split_option_label(parens=...)`: the letter bare ("no"), bare or "(A)" ("optional"), "(A)" ("required").
+_LABEL_LETTER = {"no": r"([A-Z])", "optional": r"\(?([A-Z])\)?", "required": r"\(([A-Z])\)"}
 
 
 class RecordError(ValueError):
@@ -76,20 +80,52 @@ def option_letter(index: int) -> str:
     return chr(ord("A") + index)
 
 
+def option_letters(count: int) -> list[str]:
+    """The letters of `count` options: 3 -> ["A", "B", "C"]."""
+    return [option_letter(i) for i in range(count)]
+
+
 def format_options(texts: Iterable[str]) -> list[str]:
     """Prefix bare option texts with their letters: ["red", "blue"] -> ["A. red", "B. blue"]."""
     return [f"{option_letter(i)}. {t.strip()}" for i, t in enumerate(texts)]
 
 
+@functools.cache
+def _label_pattern(separators: str, parens: str, space_after: bool) -> re.Pattern[str]:
+    if parens not in _LABEL_LETTER:
+        raise ValueError(f"parens must be one of {', '.join(_LABEL_LETTER)}, got {parens!r}")
+    separator = rf"\s*[{re.escape(separators)}]" if separators else ""
+    return re.compile(rf"^\s*{_LABEL_LETTER[parens]}{separator}" + (r"\s+" if space_after else r"\s*"))
+
+
+def split_option_label(text: str, *, separators: str = ".:)", parens: str = "no",
+                       space_after: bool = False) -> tuple[str, str] | None:
+    """The option parser: "B. a red square" -> ("B", "a red square"); None without a leading label.
+
+    A label is a capital letter after optional whitespace, then (spaces allowed) one of `separators`
+    ("" for none). `parens` says whether the letter may ("optional") or must ("required") be written
+    "(B)", or is bare ("no"). The whitespace after the label is dropped; `space_after` requires some,
+    so that "A.5 s" is not read as a label. The rest is returned as it is (trailing space kept).
+
+    Sources label options differently, so each caller states its form: records and most benchmarks
+    use the default ("A." "A:" "A)"); TempCompass lines only "A." "A)" (`separators=".)"`); LVBench
+    only "(A)" (`separators="", parens="required"`); teacher-written options any of these, with a
+    space after (`parens="optional", space_after=True`).
+    """
+    found = _label_pattern(separators, parens, space_after).match(text)
+    return (found.group(1), text[found.end():]) if found else None
+
+
 def strip_option_prefix(option: str) -> str:
     """'B. a red square' -> 'a red square' (unchanged when there is no letter prefix)."""
-    return _OPTION_PREFIX.sub("", option, count=1)
+    label = split_option_label(option)
+    return label[1] if label else option
 
 
 def answer_from_solution(solution: str) -> str | None:
-    """The inner text of the first answer tag of a `solution` field, or None when there is none."""
-    found = _ANSWER_TAG.search(solution or "")
-    return found.group(1).strip() if found else None
+    """The stripped inner text of the first answer tag of a `solution` field, or None when there is none."""
+    body = answer_tag_body(solution or "", first=True)
+    return body.strip() if body is not None else None
 
 
 @dataclass
@@ -127,7 +163,7 @@ class VideoQA:
 
     @property
     def option_letters(self) -> list[str]:
-        return [option_letter(i) for i in range(len(self.options or []))]
+        return option_letters(len(self.options or []))
 
     @property
     def target(self) -> str:
@@ -287,10 +323,10 @@ def validate(record: VideoQA, *, video_root: str | Path | None = None) -> list[P
         if len(options) < 2:
             add("options", f"a multiple-choice question needs at least 2 options, got {len(options)}")
         for i, option in enumerate(options):
-            found = _OPTION_PREFIX.match(option)
-            if not found or found.group(1) != option_letter(i):
+            label = split_option_label(option)
+            if not label or label[0] != option_letter(i):
                 add("options", f"option {i} must start with '{option_letter(i)}.', got {option[:40]!r}")
-            elif not strip_option_prefix(option).strip():
+            elif not label[1].strip():
                 add("options", f"option {option_letter(i)} has no text")
         if gold is None:
             add("solution", "no gold answer: expected '<answer>X</answer>' or an 'answer' field")
@@ -362,19 +398,12 @@ def load_records(path: str | Path) -> list[VideoQA]:
 
 def write_records(records: Iterable[VideoQA], path: str | Path) -> int:
     """Write .jsonl (one record per line) or .json (a list, as Video-R1 files are); returns count.
-    Written to a temporary name and renamed, so a crash never leaves half a file."""
+    Written atomically (`vt_data.files`), so a crash never leaves half a file."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    count = 0
-    with tmp.open("w", encoding="utf-8") as fh:
-        if path.suffix == ".jsonl":
-            for record in records:
-                fh.write(record.to_json() + "\n")
-                count += 1
-        else:
-            items = [r.to_dict() for r in records]
-            count = len(items)
-            json.dump(items, fh, ensure_ascii=False, indent=1)
-    tmp.replace(path)
-    return count
+    if path.suffix == ".jsonl":
+        # A line is `record.to_json()`: the same JSON as write_jsonl_atomic's of `to_dict()`.
+        return write_jsonl_atomic(path, (record.to_dict() for record in records))
+    items = [r.to_dict() for r in records]
+    with atomic_open(path) as fh:
+        json.dump(items, fh, ensure_ascii=False, indent=1)
+    return len(items)

@@ -69,7 +69,7 @@ def iter_path_records(path: str | Path) -> Iterable[VideoQA]:
     """Records from a .json/.jsonl file, or from every shard of a shard directory (no video decoding)."""
     path = Path(path)
     if path.is_dir():
-        from vt_data.shards import iter_shard_records
+        from vt_data.shards.reader import iter_shard_records
 
         yield from iter_shard_records(path)
     else:

@@ -354,25 +354,31 @@ def check_format(
 EXTRACT_MODES = ("strict", "lenient")
 
 
-def _last_answer_body(text: str) -> str | None:
-    """Inner text of the last `<answer>…</answer>` (case-insensitive, across lines): the last
-    closing tag and the last opening tag before it. Linear, unlike a lazy-dot regex."""
+def answer_tag_body(text: str, *, first: bool = False) -> str | None:
+    """The inner text, unstripped, of an `<answer>…</answer>` (case-insensitive, across lines); None
+    without a closed one. By default the last: the last closing tag and the last opening tag before
+    it (what the evaluator reads from a model's output). With `first`, the first: from the first
+    opening tag to the first closing tag after it (the gold answer of a record's `solution` field).
+    Linear, unlike a lazy-dot regex."""
     body: str | None = None
-    last_open: re.Match[str] | None = None
+    opened: re.Match[str] | None = None
     for match in _TAG_RE.finditer(text):
         if match.group(2).lower() != ANSWER_TAG:
             continue
         if not match.group(1):
-            last_open = match
-        elif last_open is not None:
-            body, last_open = text[last_open.end() : match.start()], None
+            if opened is None or not first:
+                opened = match
+        elif opened is not None:
+            body, opened = text[opened.end() : match.start()], None
+            if first:
+                return body
     return body
 
 
 def _marked_answer(text: str) -> str | None:
     """The answer region of steps 1-2: the last answer tag's body, else the text after the last
     "Final answer:" marker, else None."""
-    body = _last_answer_body(text)
+    body = answer_tag_body(text)
     if body is not None:
         return body
     markers = list(_FINAL_ANSWER_RE.finditer(text))

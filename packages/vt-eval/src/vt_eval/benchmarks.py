@@ -65,16 +65,16 @@ Registered benchmarks (metric; category field):
 
 from __future__ import annotations
 
-import inspect
 import json
 import re
 from collections import Counter
-from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from vt_data.converters import as_bool, convert
+from vt_data.converters import convert
+from vt_data.loaders import LoaderRegistry, Loc, as_bool, check_records, fit_span, format_path, mc_record
 from vt_data.records import (
     RecordError,
     Segment,
@@ -82,9 +82,11 @@ from vt_data.records import (
     format_options,
     iter_json_lines,
     option_letter,
-    validate,
+    option_letters,
+    read_json,
+    split_option_label,
+    strip_option_prefix,
 )
-from vt_data.timespan import clip_span
 
 # How a benchmark's per-sample scores aggregate (vt_eval.metrics):
 #   accuracy  - mean of per-sample scores (MC/numeric in {0, 1}, regression MRA in [0, 1]),
@@ -138,22 +140,13 @@ class Benchmark:
         return list(seen)
 
 
-Loader = Callable[..., Benchmark]
-BENCHMARKS: dict[str, Loader] = {}
-
-
-def register_benchmark(name: str, *, replace: bool = False) -> Callable[[Loader], Loader]:
-    """Register `load(annotation_path: Path, *, video_root=None, **options) -> Benchmark` (decorator).
-
-    A taken name raises unless `replace=True`, so two plugins cannot shadow each other by accident."""
-
-    def decorator(fn: Loader) -> Loader:
-        if name in BENCHMARKS and BENCHMARKS[name] is not fn and not replace:
-            raise ValueError(f"a benchmark is already registered as {name!r}; pass replace=True")
-        BENCHMARKS[name] = fn
-        return fn
-
-    return decorator
+# name -> `load(annotation_path: Path, *, video_root=None, **options) -> Benchmark`. The harness fills
+# `video_root` and handles `category_field` and `limit` itself, for every benchmark (load_benchmark).
+BENCHMARKS = LoaderRegistry("benchmark", harness_args=("video_root",),
+                            harness_options=("category_field", "limit"))
+# `@register_benchmark(name, replace=False)`; a taken name raises unless `replace=True`, so two plugins
+# cannot shadow each other by accident.
+register_benchmark = BENCHMARKS.register
 
 
 def list_benchmarks() -> list[str]:
@@ -167,15 +160,13 @@ def load_benchmark(name: str, annotation_path: str | Path, *, video_root: str | 
     Unknown names and options raise ValueError listing the valid ones; a missing path raises
     FileNotFoundError; malformed input raises vt-data's RecordError naming file, line and field.
     `category_field` and `limit` are accepted for every benchmark (module docstring)."""
-    if name not in BENCHMARKS:
-        raise ValueError(f"unknown benchmark {name!r}; known benchmarks: {', '.join(list_benchmarks())}")
+    loader = BENCHMARKS.loader(name)
     path = Path(annotation_path)
     if not path.exists():
         raise FileNotFoundError(f"{name}: annotation path not found: {path}")
     category_field = options.pop("category_field", _UNSET)
     limit = options.pop("limit", None)
-    loader = BENCHMARKS[name]
-    _check_options(name, loader, options)
+    BENCHMARKS.check_options(name, options)
     bench = loader(path, video_root=video_root, **options)
     if category_field is not _UNSET:
         bench.category_field = category_field or None
@@ -192,18 +183,6 @@ def load_benchmark(name: str, annotation_path: str | Path, *, video_root: str | 
 
 
 _UNSET = object()
-
-
-def _check_options(name: str, fn: Loader, options: Mapping[str, Any]) -> None:
-    params = list(inspect.signature(fn).parameters.values())
-    if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params):
-        return
-    named = (inspect.Parameter.POSITIONAL_OR_KEYWORD, inspect.Parameter.KEYWORD_ONLY)
-    accepted = [p.name for p in params[1:] if p.kind in named and p.name != "video_root"]
-    unknown = sorted(set(options) - set(accepted))
-    if unknown:
-        raise ValueError(f"benchmark {name!r} does not take option(s) {', '.join(unknown)}; "
-                         f"its options: {', '.join(accepted + ['category_field', 'limit'])}")
 
 
 def _jsonable(value: Any) -> Any:
@@ -224,18 +203,6 @@ def _as_list(value: str | Iterable[str] | None) -> list[str] | None:
     if isinstance(value, str):
         return [part.strip() for part in value.split(",") if part.strip()]
     return [str(v) for v in value]
-
-
-def _ext(video_ext: str) -> str:
-    return video_ext if not video_ext or video_ext.startswith(".") else f".{video_ext}"
-
-
-def _format_path(template: str, **fields: Any) -> str:
-    try:
-        return template.format(**fields)
-    except (KeyError, IndexError) as exc:
-        raise ValueError(f"path_template {template!r} uses an unknown field {exc}; "
-                         f"available: {', '.join(sorted(fields))}") from None
 
 
 def _strip_trailing_commas(text: str) -> str:
@@ -266,34 +233,27 @@ def _strip_trailing_commas(text: str) -> str:
     return "".join(out)
 
 
-def _read_json(path: Path, *, tolerant: bool = False, facts: dict[str, Any] | None = None) -> Any:
-    # utf-8-sig: some dumps start with a byte-order mark, which json.loads rejects.
-    text = path.read_text(encoding="utf-8-sig")
+def _read_json_repairing(path: Path, facts: dict[str, Any]) -> Any:
+    """`read_json`, but a file that fails to parse is parsed again with its trailing commas removed
+    (recorded in `facts`); the first error is raised when that fails too."""
     try:
-        return json.loads(text)
-    except json.JSONDecodeError as exc:
-        if tolerant:
-            try:
-                data = json.loads(_strip_trailing_commas(text))
-            except json.JSONDecodeError:
-                pass
-            else:
-                if facts is not None:
-                    facts["json_repaired"] = "trailing commas removed"
-                return data
-        raise RecordError(f"invalid JSON: {exc.msg} at column {exc.colno}", source=str(path),
-                          line=exc.lineno) from None
-
-
-_PREFIXED = re.compile(r"^\s*([A-Z])\s*[.:)]\s*\S")
+        return read_json(path)
+    except RecordError as exc:
+        error = exc
+    try:
+        data = json.loads(_strip_trailing_commas(path.read_text(encoding="utf-8-sig")))
+    except json.JSONDecodeError:
+        raise error from None
+    facts["json_repaired"] = "trailing commas removed"
+    return data
 
 
 def _lettered(options: Sequence[str]) -> list[str]:
-    """Options as "A. text" strings: kept when they already carry their letters in order (VSI-Bench,
-    Video-MME), else prefixed (MVBench candidates, VideoMMMU options)."""
+    """Options as "A. text" strings: kept when they already carry their letters in order, each with
+    text after its label (VSI-Bench, Video-MME), else prefixed (MVBench candidates, VideoMMMU options)."""
     texts = [str(o) for o in options]
-    matches = [_PREFIXED.match(t) for t in texts]
-    if texts and all(m and m.group(1) == option_letter(i) for i, m in enumerate(matches)):
+    labels = [split_option_label(t) for t in texts]
+    if texts and all(label and label[0] == option_letter(i) and label[1] for i, label in enumerate(labels)):
         return [t.strip() for t in texts]
     return format_options(texts)
 
@@ -302,32 +262,10 @@ def _lettered_dict(options: Mapping[str, Any], where: str) -> list[str]:
     """{"A": text, "B": text, ...} -> "A. text" strings; letters must run A, B, ... without gaps, or
     a gold letter would point at the wrong option."""
     letters = sorted(options)
-    expected = [option_letter(i) for i in range(len(letters))]
+    expected = option_letters(len(letters))
     if letters != expected:
         raise ValueError(f"{where}: option letters must run {''.join(expected)}, got {letters}")
     return format_options(str(options[k]) for k in letters)
-
-
-def _need(obj: Any, key: str, source: Path, where: str) -> Any:
-    if not isinstance(obj, dict):
-        raise RecordError(f"{where}: expected a JSON object, got {type(obj).__name__}", source=str(source))
-    if obj.get(key) is None:
-        raise RecordError(f"{where}: is missing", source=str(source), field_name=key)
-    return obj[key]
-
-
-def _mc(problem: str, options: list[str], gold: str, **fields: Any) -> VideoQA:
-    return VideoQA(problem=problem.strip(), options=options, problem_type="multiple choice",
-                   solution=f"<answer>{gold}</answer>", data_type="video", **fields)
-
-
-def _check_records(name: str, records: Sequence[VideoQA], source: Path) -> None:
-    """The same guarantee vt-data's `convert` gives: no loader hands on a record the scorer rejects."""
-    for index, record in enumerate(records):
-        problems = validate(record)
-        if problems:
-            raise RecordError(f"{name} produced an invalid record #{index} ({record.key}): "
-                              + "; ".join(str(p) for p in problems), source=str(source))
 
 
 def _from_converter(name: str, source: str, path: Path, *, metric: str, category_field: str | None,
@@ -387,7 +325,7 @@ def load_cg_bench_reasoning(path: Path, *, video_root: str | Path | None = None,
     ("Cognition": the unverified reading of the paper's "reasoning section"); "all" or an empty suffix
     keeps every question. `clue_intervals` ([[s, e], ...] seconds) become segments without captions,
     clipped to `duration`."""
-    data = _read_json(path)
+    data = read_json(path)
     if not isinstance(data, list):
         raise RecordError(f"expected a JSON list of questions, got {type(data).__name__}", source=str(path))
     exact = _as_list(sub_categories)
@@ -396,21 +334,19 @@ def load_cg_bench_reasoning(path: Path, *, video_root: str | Path | None = None,
     counts: Counter = Counter()
     records = []
     for index, item in enumerate(data):
-        where = f"[{index}]"
+        loc = Loc(path, item=f"[{index}]")
         sub = str(item.get("sub_category") or "") if isinstance(item, dict) else ""
         if not keep_all and not (sub in exact if exact is not None else sub.endswith(sub_category_suffix)):
             counts["excluded_sub_category"] += 1
             continue
-        choices = _need(item, "choices", path, where)
+        choices = loc.need(item, "choices")
         if not isinstance(choices, list) or len(choices) < 2:
-            raise RecordError(f"{where}: needs a list of at least 2 choices", source=str(path),
-                              field_name="choices")
+            raise loc.error("needs a list of at least 2 choices", "choices")
         options = format_options(str(c) for c in choices)
-        letters = [option_letter(i) for i in range(len(choices))]
-        gold = str(_need(item, "right_answer", path, where)).strip().strip("()")
+        letters = option_letters(len(choices))
+        gold = str(loc.need(item, "right_answer")).strip().strip("()")
         if gold not in letters:
-            raise RecordError(f"{where}: right_answer {gold!r} is not one of {''.join(letters)}",
-                              source=str(path), field_name="right_answer")
+            raise loc.error(f"right_answer {gold!r} is not one of {''.join(letters)}", "right_answer")
         # `answer` repeats the gold text; a disagreement means the letter may be wrong, so count it.
         gold_text = str(choices[letters.index(gold)]).strip()
         if item.get("answer") is not None and str(item["answer"]).strip() != gold_text:
@@ -419,26 +355,22 @@ def load_cg_bench_reasoning(path: Path, *, video_root: str | Path | None = None,
             duration = float(item["duration"]) if item.get("duration") not in (None, "") else None
             intervals = [(float(s), float(e)) for s, e in item.get("clue_intervals") or []]
         except (TypeError, ValueError) as exc:
-            raise RecordError(f"{where}: duration and clue_intervals must be seconds / [[start, end], ...]: "
-                              f"{exc}", source=str(path), field_name="clue_intervals") from None
+            raise loc.error(f"duration and clue_intervals must be seconds / [[start, end], ...]: {exc}",
+                            "clue_intervals") from None
         segments = []
         for interval in intervals:
-            span = clip_span(interval, duration if duration is not None else float("inf"))
-            if span is None:
-                counts["clue_intervals_dropped"] += 1
-                continue
-            if span != interval:
-                counts["clue_intervals_clipped"] += 1
-            segments.append(Segment(span[0], span[1], ""))
-        video_uid = str(_need(item, "video_uid", path, where))
+            span = fit_span(interval, duration, counts, "clue_intervals")
+            if span is not None:
+                segments.append(Segment(span[0], span[1], ""))
+        video_uid = str(loc.need(item, "video_uid"))
         qid = item.get("qid", index)
         counts[f"options_{len(choices)}"] += 1
-        records.append(_mc(
-            str(_need(item, "question", path, where)), options, gold,
-            path=_format_path(path_template, video_uid=video_uid, ext=_ext(video_ext)),
+        records.append(mc_record(
+            str(loc.need(item, "question")), options, gold,
+            path=format_path(path_template, video_uid=video_uid, ext=video_ext),
             data_source=data_source, problem_id=qid, duration=duration, segments=segments,
             extra={"sub_category": sub, "domain": item.get("domain"), "video_uid": video_uid, "qid": qid}))
-    _check_records("cg_bench_reasoning", records, path)
+    check_records(records, "cg_bench_reasoning", path)
     subset = ("all" if keep_all else f"sub_category in {exact}" if exact is not None
               else f"sub_category ends with {sub_category_suffix!r} (unverified reading of 'reasoning')")
     return Benchmark("cg_bench_reasoning", records, metric="accuracy", category_field="sub_category",
@@ -483,42 +415,40 @@ def load_vsi_bench(path: Path, *, video_root: str | Path | None = None,
     counts: Counter = Counter()
     records = []
     for lineno, item in iter_json_lines(path):
-        where = f"line {lineno}"
-        qtype = str(_need(item, "question_type", path, where))
-        question = str(_need(item, "question", path, where))
-        truth = str(_need(item, "ground_truth", path, where)).strip()
+        loc = Loc(path, item=f"line {lineno}")
+        qtype = str(loc.need(item, "question_type"))
+        question = str(loc.need(item, "question"))
+        truth = str(loc.need(item, "ground_truth")).strip()
         options = item.get("options") or None
         if qtype not in VSI_MCA_TYPES and qtype not in VSI_NA_TYPES:
             counts["unknown_question_type"] += 1
         common = dict(
-            path=_format_path(path_template, dataset=item.get("dataset", ""),
-                              scene_name=item.get("scene_name", ""), ext=_ext(video_ext)),
+            path=format_path(path_template, dataset=item.get("dataset", ""),
+                             scene_name=item.get("scene_name", ""), ext=video_ext),
             data_source=data_source, problem_id=item.get("id", lineno),
             extra={"original_question_type": qtype, "dataset": item.get("dataset"),
                    "scene_name": item.get("scene_name")})
         if qtype in VSI_MCA_TYPES or (qtype not in VSI_NA_TYPES and options):
             if not options:
-                raise RecordError(f"{where}: an MCA question needs options", source=str(path),
-                                  field_name="options")
+                raise loc.error("an MCA question needs options", "options")
             lettered = _lettered(options)
-            letters = [option_letter(i) for i in range(len(lettered))]
+            letters = option_letters(len(lettered))
             gold = truth.rstrip(".")
             if gold not in letters:
                 # Some re-exports store the option text; map it back to its letter.
-                texts = [re.sub(r"^\s*[A-Z]\s*[.:)]\s*", "", o).strip() for o in lettered]
+                texts = [strip_option_prefix(o).strip() for o in lettered]
                 if truth in texts:
                     gold = letters[texts.index(truth)]
                     counts["gold_text_mapped_to_letter"] += 1
                 else:
-                    raise RecordError(f"{where}: ground_truth {truth!r} is not an option letter",
-                                      source=str(path), field_name="ground_truth")
+                    raise loc.error(f"ground_truth {truth!r} is not an option letter", "ground_truth")
             counts["mca"] += 1
-            records.append(_mc(question, lettered, gold, **common))
+            records.append(mc_record(question, lettered, gold, **common))
         else:
             counts["na"] += 1
             records.append(VideoQA(problem=question.strip(), problem_type="regression", options=None,
                                    solution=f"<answer>{truth}</answer>", **common))
-    _check_records("vsi_bench", records, path)
+    check_records(records, "vsi_bench", path)
     return Benchmark("vsi_bench", records, metric="vsi_bench", category_field="original_question_type",
                      video_root=video_root, facts={"mra_variant": "vsibench", **dict(sorted(counts.items()))})
 
@@ -563,22 +493,22 @@ def load_videommmu(path: Path, *, video_root: str | Path | None = None,
         if not file.is_file():
             raise FileNotFoundError(f"videommmu: track file not found: {file}")
         default_track = file.stem.removesuffix("_video").lower()
-        for track, key, item in _videommmu_items(_read_json(file), default_track):
+        for track, key, item in _videommmu_items(read_json(file), default_track):
             if track not in wanted:
                 counts["excluded_track"] += 1
                 continue
-            where = f"{track} {key}"
-            qid = str(_need(item, "id", file, where))
-            question = str(_need(item, "question", file, where))
+            loc = Loc(file, item=f"{track} {key}")
+            qid = str(loc.need(item, "id"))
+            question = str(loc.need(item, "question"))
             stripped = _IMAGE_TAG.sub("", question)
             if stripped != question:
                 counts["image_tags_stripped"] += 1
                 # Collapse the gap the tag leaves ("<image 1> Which" -> "Which"), keep line breaks.
                 question = re.sub(r"[ \t]{2,}", " ", stripped).strip()
-            answer = str(_need(item, "answer", file, where)).strip()
+            answer = str(loc.need(item, "answer")).strip()
             parts = qid.split("_")
-            common = dict(path=_format_path(path_template, id=qid, track=track, Track=track.capitalize(),
-                                            ext=_ext(video_ext)),
+            common = dict(path=format_path(path_template, id=qid, track=track, Track=track.capitalize(),
+                                           ext=video_ext),
                           data_source=data_source, problem_id=qid,
                           extra={"track": track.capitalize(), "question_type": item.get("question_type"),
                                  "discipline": "_".join(parts[1:-1]) if len(parts) >= 3 else None,
@@ -593,8 +523,8 @@ def load_videommmu(path: Path, *, video_root: str | Path | None = None,
                 counts["skipped_mc_without_options"] += 1
                 continue
             counts["multiple_choice"] += 1
-            records.append(_mc(question, _lettered(options), answer, **common))
-    _check_records("videommmu", records, path)
+            records.append(mc_record(question, _lettered(options), answer, **common))
+    check_records(records, "videommmu", path)
     return Benchmark("videommmu", records, metric="accuracy", category_field="track", video_root=video_root,
                      facts=dict(sorted(counts.items())))
 
@@ -615,36 +545,37 @@ def load_mmvu(path: Path, *, video_root: str | Path | None = None, include_open:
     `include_open=true` (then scored by the declared free-form metric, not a GPT judge). The video path
     is the part of the HF URL after /resolve/main/ (`path_template` fields: video_relpath, video_name, id)."""
     include_open = as_bool(include_open, "include_open")
-    data = _read_json(path)
+    data = read_json(path)
     if not isinstance(data, list):
         raise RecordError(f"expected a JSON list of questions, got {type(data).__name__}", source=str(path))
     counts: Counter = Counter()
     records = []
     for index, item in enumerate(data):
         where = f"[{index}]"
-        qtype = str(_need(item, "question_type", path, where))
-        url = str(_need(item, "video", path, where))
+        loc = Loc(path, item=where)
+        qtype = str(loc.need(item, "question_type"))
+        url = str(loc.need(item, "video"))
         metadata = item.get("metadata") or {}
-        common = dict(path=_format_path(path_template, video_relpath=_url_relpath(url),
-                                        video_name=url.rsplit("/", 1)[-1], id=item.get("id", index)),
+        common = dict(path=format_path(path_template, video_relpath=_url_relpath(url),
+                                       video_name=url.rsplit("/", 1)[-1], id=item.get("id", index)),
                       data_source=data_source, problem_id=item.get("id", index),
                       extra={"subject": metadata.get("subject"), "question_type": qtype, "video_url": url})
-        question = str(_need(item, "question", path, where))
-        answer = str(_need(item, "answer", path, where)).strip()
+        question = str(loc.need(item, "question"))
+        answer = str(loc.need(item, "answer")).strip()
         if qtype == "multiple-choice":
             try:
-                options = _lettered_dict(_need(item, "choices", path, where), f"{path}{where}")
+                options = _lettered_dict(loc.need(item, "choices"), f"{path}{where}")
             except ValueError as exc:
                 raise RecordError(str(exc), field_name="choices") from None
             counts["multiple_choice"] += 1
-            records.append(_mc(question, options, answer, **common))
+            records.append(mc_record(question, options, answer, **common))
         elif include_open:
             counts["open_free_form"] += 1
             records.append(VideoQA(problem=question.strip(), problem_type="free-form", options=None,
                                    solution=f"<answer>{answer}</answer>", **common))
         else:
             counts["excluded_open"] += 1
-    _check_records("mmvu", records, path)
+    check_records(records, "mmvu", path)
     # Always state the exclusion, zero included, so a result file says what "MMVU" meant.
     facts = {"excluded_open": counts.pop("excluded_open", 0), "include_open": include_open,
              **dict(sorted(counts.items()))}
@@ -666,44 +597,46 @@ def load_mvbench(path: Path, *, video_root: str | Path | None = None,
     wanted = set(_as_list(tasks) or [])
     dirs = video_dirs
     if isinstance(dirs, str):
-        dirs = _read_json(Path(dirs))
+        dirs = read_json(Path(dirs))
     counts: Counter = Counter()
     records = []
     for file in files:
         task = file.stem
         if wanted and task not in wanted:
             continue
-        data = _read_json(file)
+        data = read_json(file)
         if not isinstance(data, list):
             raise RecordError(f"expected a JSON list of questions, got {type(data).__name__}",
                               source=str(file))
         counts[f"task_{task}"] = len(data)
         for index, item in enumerate(data):
-            where = f"[{index}]"
-            candidates = [str(c) for c in _need(item, "candidates", file, where)]
-            answer = str(_need(item, "answer", file, where))
+            loc = Loc(file, item=f"[{index}]")
+            candidates = [str(c) for c in loc.need(item, "candidates")]
+            answer = str(loc.need(item, "answer"))
             matches = [i for i, c in enumerate(candidates) if c.strip() == answer.strip()]
             if not matches:
-                raise RecordError(f"{where}: answer {answer!r} matches no candidate {candidates}",
-                                  source=str(file), field_name="answer")
+                raise loc.error(f"answer {answer!r} matches no candidate {candidates}", "answer")
             if len(matches) > 1:
                 counts["answer_matches_several_candidates"] += 1
-            video = str(_need(item, "video", file, where))
+            video = str(loc.need(item, "video"))
             video_path = (f"{str(dirs[task]).rstrip('/')}/{video}" if dirs and task in dirs
-                          else _format_path(path_template, task=task, video=video))
+                          else format_path(path_template, task=task, video=video))
             extra = {"task": task, "video": video}
             for key in ("start", "end", "accurate_start", "accurate_end"):
                 if key in item:
                     extra[key] = item[key]
-            records.append(_mc(str(_need(item, "question", file, where)), format_options(candidates),
-                               option_letter(matches[0]), path=video_path, data_source=data_source,
-                               problem_id=f"{task}_{index}", extra=extra))
-    _check_records("mvbench", records, path)
+            records.append(mc_record(str(loc.need(item, "question")), format_options(candidates),
+                                     option_letter(matches[0]), path=video_path, data_source=data_source,
+                                     problem_id=f"{task}_{index}", extra=extra))
+    check_records(records, "mvbench", path)
     return Benchmark("mvbench", records, metric="accuracy", category_field="task", video_root=video_root,
                      facts=dict(sorted(counts.items())))
 
 
-_INLINE_OPTION = re.compile(r"^\s*([A-Z])\s*[.)]\s*(.*?)\s*$")
+def _inline_label(line: str) -> tuple[str, str] | None:
+    """TempCompass letters its options "A. x" or "A) x", never "A: x"; (letter, text)."""
+    label = split_option_label(line, separators=".)")
+    return (label[0], label[1].rstrip()) if label else None
 
 
 def _split_inline_options(text: str) -> tuple[str, list[str]] | None:
@@ -713,15 +646,15 @@ def _split_inline_options(text: str) -> tuple[str, list[str]] | None:
     options: list[str] = []
     first = len(lines)
     for i in range(len(lines) - 1, -1, -1):
-        found = _INLINE_OPTION.match(lines[i])
-        if not found:
+        label = _inline_label(lines[i])
+        if not label:
             if lines[i].strip() or options:
                 break
             continue
-        options.insert(0, found.group(2))
+        options.insert(0, label[1])
         first = i
-    letters = [_INLINE_OPTION.match(line).group(1) for line in lines[first:] if line.strip()]
-    if len(options) < 2 or letters != [option_letter(i) for i in range(len(letters))]:
+    letters = [_inline_label(line)[0] for line in lines[first:] if line.strip()]
+    if len(options) < 2 or letters != option_letters(len(letters)):
         return None
     return "\n".join(lines[:first]).strip(), options
 
@@ -733,7 +666,7 @@ def load_tempcompass(path: Path, *, video_root: str | Path | None = None,
     """TempCompass questions/multi-choice.json (§3.5): video_id -> dimension -> [{question, answer}].
     Options are split out of the question text; the gold letter is the answer line's letter, and
     its text must equal that option's (else RecordError)."""
-    data = _read_json(path)
+    data = read_json(path)
     if not isinstance(data, dict):
         raise RecordError(f"expected an object keyed by video id, got {type(data).__name__}",
                           source=str(path))
@@ -742,27 +675,26 @@ def load_tempcompass(path: Path, *, video_root: str | Path | None = None,
     for video_id, dimensions in data.items():
         for dimension, items in (dimensions or {}).items():
             for index, item in enumerate(items or []):
-                where = f"{video_id} {dimension} [{index}]"
-                question = str(_need(item, "question", path, where))
+                loc = Loc(path, item=f"{video_id} {dimension} [{index}]")
+                question = str(loc.need(item, "question"))
                 split = _split_inline_options(question)
                 if split is None:
-                    raise RecordError(f"{where}: no lettered options (A. ..., B. ...) ending the question",
-                                      source=str(path), field_name="question")
+                    raise loc.error("no lettered options (A. ..., B. ...) ending the question", "question")
                 stem, texts = split
-                answer = str(_need(item, "answer", path, where)).strip()
-                found = _INLINE_OPTION.match(answer)
-                letter = found.group(1) if found else answer.strip("()")
-                letters = [option_letter(i) for i in range(len(texts))]
-                if letter not in letters or (found and found.group(2) and
-                                             found.group(2) != texts[letters.index(letter)]):
-                    raise RecordError(f"{where}: answer {answer!r} does not match an option",
-                                      source=str(path), field_name="answer")
+                answer = str(loc.need(item, "answer")).strip()
+                # The full answer line ("B. quickly"), or the bare letter ("B", "(B)").
+                label = _inline_label(answer)
+                letter = label[0] if label else answer.strip("()")
+                letters = option_letters(len(texts))
+                if letter not in letters or (label and label[1] and label[1] != texts[letters.index(letter)]):
+                    raise loc.error(f"answer {answer!r} does not match an option", "answer")
                 counts[f"dimension_{dimension}"] += 1
-                records.append(_mc(stem, format_options(texts), letter,
-                                   path=_format_path(path_template, video_id=video_id, ext=_ext(video_ext)),
-                                   data_source=data_source, problem_id=f"{video_id}_{dimension}_{index}",
-                                   extra={"dimension": dimension, "video_id": video_id}))
-    _check_records("tempcompass", records, path)
+                records.append(mc_record(
+                    stem, format_options(texts), letter,
+                    path=format_path(path_template, video_id=video_id, ext=video_ext),
+                    data_source=data_source, problem_id=f"{video_id}_{dimension}_{index}",
+                    extra={"dimension": dimension, "video_id": video_id}))
+    check_records(records, "tempcompass", path)
     return Benchmark("tempcompass", records, metric="accuracy", category_field="dimension",
                      video_root=video_root, facts={"task": "multi-choice", **dict(sorted(counts.items()))})
 
@@ -776,30 +708,31 @@ def load_video_mme(path: Path, *, video_root: str | Path | None = None,
     questions without an answer are skipped and counted. `path_template` fields: video_id, videoID
     (the YouTube id when the file has one), ext. Never ship this data set (no redistribution)."""
     facts: dict[str, Any] = {}
-    data = _read_json(path, tolerant=True, facts=facts)
+    data = _read_json_repairing(path, facts)
     if not isinstance(data, list):
         raise RecordError(f"expected a JSON list of videos, got {type(data).__name__}", source=str(path))
     counts: Counter = Counter()
     records = []
     for vi, video in enumerate(data):
-        video_id = str(_need(video, "video_id", path, f"[{vi}]"))
-        video_path = _format_path(path_template, video_id=video_id, videoID=video.get("videoID", video_id),
-                                  ext=_ext(video_ext))
+        video_id = str(Loc(path, item=f"[{vi}]").need(video, "video_id"))
+        video_path = format_path(path_template, video_id=video_id, videoID=video.get("videoID", video_id),
+                                 ext=video_ext)
         for qi, item in enumerate(video.get("questions") or []):
-            where = f"[{vi}].questions[{qi}]"
+            loc = Loc(path, item=f"[{vi}].questions[{qi}]")
             answer = str(item.get("answer") or "").strip()
             if not answer:
                 counts["skipped_no_answer"] += 1
                 continue
             counts[f"duration_{video.get('duration')}"] += 1
-            records.append(_mc(str(_need(item, "question", path, where)),
-                               _lettered(_need(item, "options", path, where)), answer,
-                               path=video_path, data_source=data_source,
-                               problem_id=item.get("question_id", f"{video_id}-{qi}"),
-                               extra={"task_type": item.get("task_type"),
-                                      "duration_group": video.get("duration"), "domain": video.get("domain"),
-                                      "sub_category": video.get("sub_category"), "video_id": video_id}))
-    _check_records("video_mme", records, path)
+            records.append(mc_record(str(loc.need(item, "question")),
+                                     _lettered(loc.need(item, "options")), answer,
+                                     path=video_path, data_source=data_source,
+                                     problem_id=item.get("question_id", f"{video_id}-{qi}"),
+                                     extra={"task_type": item.get("task_type"),
+                                            "duration_group": video.get("duration"),
+                                            "domain": video.get("domain"),
+                                            "sub_category": video.get("sub_category"), "video_id": video_id}))
+    check_records(records, "video_mme", path)
     return Benchmark("video_mme", records, metric="accuracy", category_field="task_type",
                      video_root=video_root, facts={**facts, **dict(sorted(counts.items()))})
 

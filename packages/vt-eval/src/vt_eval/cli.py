@@ -17,7 +17,6 @@ benchmark (conf/eval.yaml), and vt_eval.runner skips what its predictions files 
 from __future__ import annotations
 
 import logging
-import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -31,15 +30,14 @@ def _save_config(cfg: Any, run_dir: Path, rank: int) -> None:
     (style.md H7), from rank 0 only."""
     from omegaconf import OmegaConf
 
+    from vt_data.files import write_text_atomic
+
     if rank != 0:
         return
     text = OmegaConf.to_yaml(cfg, resolve=True)
     print(text, flush=True)
-    run_dir.mkdir(parents=True, exist_ok=True)
-    tmp = run_dir / ".config.yaml.tmp"
-    tmp.write_text(text, encoding="utf-8")
-    os.replace(tmp, run_dir / "config.yaml")
-    (run_dir / "config.composed.yaml").write_text(OmegaConf.to_yaml(cfg, resolve=False), encoding="utf-8")
+    write_text_atomic(run_dir / "config.yaml", text)
+    write_text_atomic(run_dir / "config.composed.yaml", OmegaConf.to_yaml(cfg, resolve=False))
 
 
 def _prepare(cfg: Any) -> None:
@@ -88,7 +86,8 @@ def build_protocol(protocol_cfg: Any):
 
 def run(cfg: Any) -> dict[str, Any]:
     """A composed eval config -> an evaluation in `paths.run_dir`; returns a short summary for sweeps."""
-    from vt_eval.runner import evaluate, resolve_rank
+    from vt_eval.plan import resolve_rank
+    from vt_eval.runner import evaluate
 
     run_dir = Path(cfg.paths.run_dir)
     rank, world_size = resolve_rank(cfg.eval.rank, cfg.eval.world_size)
@@ -132,11 +131,11 @@ def _hydra_task(cfg: Any) -> dict[str, Any]:
 
 
 def merge_main(argv: Sequence[str]) -> int:
-    """`vt-eval merge RUN_DIR...`: combine rank files and write results.json (vt_eval.runner.merge)."""
+    """`vt-eval merge RUN_DIR...`: combine rank files and write results.json (vt_eval.merge.merge)."""
     import argparse
     import json
 
-    from vt_eval.runner import merge
+    from vt_eval.merge import merge
 
     parser = argparse.ArgumentParser(prog="vt-eval merge", description=merge_main.__doc__)
     parser.add_argument("runs", nargs="+", metavar="RUN_DIR")

@@ -20,60 +20,31 @@ runs' common folder + /report):
 from __future__ import annotations
 
 import argparse
-import csv
-import json
 import logging
 import os
 import re
 import sys
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from vt_eval.paper import DEFAULT_PAPER_ROWS, PAPER_COLUMNS, PAPER_SOURCE, PAPER_TABLE1, paper_model
-from vt_eval.runner import PREDICTIONS, RESULTS, read_predictions
+from vt_data.files import write_text_atomic
+from vt_eval.merge import RESULTS
+from vt_eval.paper import DEFAULT_PAPER_ROWS, PAPER_COLUMNS, PAPER_SOURCE, PAPER_TABLE1
+from vt_eval.tables import (
+    EXCEL_LINE_END,
+    Run,
+    csv_text,
+    markdown_document,
+    markdown_table_lines,
+    number,
+    percent,
+    read_run,
+    records_csv,
+    rounded,
+)
 
 log = logging.getLogger("vt_eval")
-
-
-@dataclass
-class Run:
-    """One finished evaluation (its results.json)."""
-
-    directory: Path
-    results: dict[str, Any]
-
-    @property
-    def label(self) -> str:
-        return str(self.results["model"].get("label") or Path(self.results["model"]["path"]).name)
-
-    @property
-    def protocol(self) -> str:
-        return str(self.results["protocol"].get("name"))
-
-    @property
-    def benchmark(self) -> str:
-        return str(self.results["benchmark"]["name"])
-
-    @property
-    def accuracy(self) -> float | None:
-        """Primary accuracy in % (strict extraction unless the protocol chose lenient)."""
-        value = self.results.get("primary_accuracy", self.results["summary"].get("accuracy"))
-        return None if value is None else 100.0 * value
-
-    @property
-    def paper_model(self) -> str | None:
-        return paper_model(self.results["model"].get("paper_model")) or paper_model(self.label)
-
-    @property
-    def paper_accuracy(self) -> float | None:
-        row = self.paper_model
-        return PAPER_TABLE1.get(row, {}).get(self.benchmark) if row else None
-
-    def rows(self) -> list[dict[str, Any]]:
-        """The `ok` prediction lines (for plots)."""
-        return [r for r in read_predictions(self.directory / PREDICTIONS).rows if r.get("status") == "ok"]
 
 
 def find_runs(paths: Iterable[str | os.PathLike]) -> list[Path]:
@@ -93,11 +64,7 @@ def find_runs(paths: Iterable[str | os.PathLike]) -> list[Path]:
 
 
 def load_runs(paths: Iterable[str | os.PathLike]) -> list[Run]:
-    return [Run(d, json.loads((d / RESULTS).read_text())) for d in find_runs(paths)]
-
-
-def _fmt(value: float | None) -> str:
-    return "–" if value is None else f"{value:.2f}"
+    return [read_run(d) for d in find_runs(paths)]
 
 
 def benchmark_columns(runs: Sequence[Run]) -> list[str]:
@@ -140,25 +107,22 @@ def markdown_table(runs: Sequence[Run], paper_rows: Sequence[str] = DEFAULT_PAPE
     """The wide table in Markdown (see the module docstring)."""
     columns = benchmark_columns(runs)
     lines = [
-        "| model | protocol | " + " | ".join(column_title(c) for c in columns) + " |",
-        "|---|---|" + "---|" * len(columns),
+        [label, protocol, *(_ours(cells.get(column)) for column in columns)]
+        for (label, protocol), cells in _grid(runs).items()
     ]
-    for (label, protocol), cells in _grid(runs).items():
-        values = []
-        for column in columns:
-            run = cells.get(column)
-            if run is None:
-                values.append("–")
-                continue
-            text = _fmt(run.accuracy)
-            if run.paper_accuracy is not None:
-                text += f" (paper {run.paper_accuracy:.2f})"
-            values.append(text)
-        lines.append(f"| {label} | {protocol} | " + " | ".join(values) + " |")
-    for row in _paper_rows(columns, paper_rows):
-        values = [_fmt(PAPER_TABLE1[row].get(c)) for c in columns]
-        lines.append(f"| paper: {row} | video_thinker (paper) | " + " | ".join(values) + " |")
-    return "\n".join(lines)
+    lines += [
+        [f"paper: {row}", "video_thinker (paper)", *(number(PAPER_TABLE1[row].get(c)) for c in columns)]
+        for row in _paper_rows(columns, paper_rows)
+    ]
+    return "\n".join(markdown_table_lines(["model", "protocol", *map(column_title, columns)], lines))
+
+
+def _ours(run: Run | None) -> str:
+    """A cell of the wide table: our accuracy, and the paper's beside it where it has one."""
+    if run is None:
+        return number(None)
+    text = number(run.accuracy)
+    return text if run.paper_accuracy is None else f"{text} (paper {run.paper_accuracy:.2f})"
 
 
 def run_record(run: Run) -> dict[str, Any]:
@@ -169,7 +133,6 @@ def run_record(run: Run) -> dict[str, Any]:
     direct = summary.get("direct_grounding") or {}
     protocol = res["protocol"]
     paper = run.paper_accuracy
-    pct = lambda v: None if v is None else round(100.0 * v, 4)
     return {
         "model": run.label,
         "protocol": run.protocol,
@@ -177,17 +140,17 @@ def run_record(run: Run) -> dict[str, Any]:
         "planned": counts.get("planned"),
         "done": counts.get("done"),
         "failed_decode": counts.get("failed_decode"),
-        "accuracy": None if run.accuracy is None else round(run.accuracy, 4),
-        "accuracy_strict": pct(summary.get("accuracy")),
-        "accuracy_lenient": pct(summary.get("accuracy_lenient")),
-        "valid_trace_rate": pct(summary.get("valid_trace_rate")),
-        "reasoning_miou": pct(grounding.get("miou")),
-        "reasoning_r@0.3": pct(grounding.get("recall@0.3")),
-        "reasoning_r@0.5": pct(grounding.get("recall@0.5")),
-        "direct_grounding_miou": pct(direct.get("miou")),
+        "accuracy": rounded(run.accuracy),
+        "accuracy_strict": percent(summary.get("accuracy")),
+        "accuracy_lenient": percent(summary.get("accuracy_lenient")),
+        "valid_trace_rate": percent(summary.get("valid_trace_rate")),
+        "reasoning_miou": percent(grounding.get("miou")),
+        "reasoning_r@0.3": percent(grounding.get("recall@0.3")),
+        "reasoning_r@0.5": percent(grounding.get("recall@0.5")),
+        "direct_grounding_miou": percent(direct.get("miou")),
         "paper_model": run.paper_model,
         "paper_accuracy": paper,
-        "difference": None if paper is None or run.accuracy is None else round(run.accuracy - paper, 4),
+        "difference": None if paper is None or run.accuracy is None else rounded(run.accuracy - paper),
         "template": protocol.get("template"),
         "num_frames": protocol.get("num_frames"),
         "max_pixels": protocol.get("max_pixels"),
@@ -265,62 +228,75 @@ def write_report(
         warnings += plot_warnings
 
     records = [run_record(r) for r in runs]
-    md = [
-        "# vt-eval results",
-        "",
-        "Primary accuracy (%) per benchmark: strict answer extraction (method.md §8.3 steps 1-4) unless the "
-        "protocol says otherwise. `ours (paper X)`: the paper's number for the same model and benchmark.",
-        "",
-        markdown_table(runs, paper_rows),
-        "",
-    ]
+    body = [markdown_table(runs, paper_rows), ""]
     if _paper_rows(benchmark_columns(runs), paper_rows) or any(r.paper_accuracy is not None for r in runs):
-        md += [
+        body += [
             f"Paper numbers: {PAPER_SOURCE}; every paper number uses the Video-Thinker prompt at "
             "128×28×28. The in-domain columns (vt10k_*) are the paper's unpublished held-out splits; ours "
             "are rebuilt, not identical.",
             "",
         ]
-    md += [
+    numbers = (
+        "accuracy_strict",
+        "accuracy_lenient",
+        "valid_trace_rate",
+        "reasoning_miou",
+        "paper_accuracy",
+        "difference",
+    )
+    body += [
         "## Runs",
         "",
-        "| model | protocol | benchmark | done / planned | failed decode | strict | lenient | valid trace | "
-        "reasoning mIoU | paper | Δ |",
-        "|---|---|---|---|---|---|---|---|---|---|---|",
+        *markdown_table_lines(
+            [
+                "model",
+                "protocol",
+                "benchmark",
+                "done / planned",
+                "failed decode",
+                "strict",
+                "lenient",
+                "valid trace",
+                "reasoning mIoU",
+                "paper",
+                "Δ",
+            ],
+            (
+                [
+                    rec["model"],
+                    rec["protocol"],
+                    rec["benchmark"],
+                    f"{rec['done']} / {rec['planned']}",
+                    str(rec["failed_decode"]),
+                    *(number(rec[k]) for k in numbers),
+                ]
+                for rec in records
+            ),
+        ),
     ]
-    for rec in records:
-        md.append(
-            f"| {rec['model']} | {rec['protocol']} | {rec['benchmark']} | {rec['done']} / {rec['planned']} | "
-            f"{rec['failed_decode']} | {_fmt(rec['accuracy_strict'])} | {_fmt(rec['accuracy_lenient'])} | "
-            f"{_fmt(rec['valid_trace_rate'])} | {_fmt(rec['reasoning_miou'])} | "
-            f"{_fmt(rec['paper_accuracy'])} | {_fmt(rec['difference'])} |"
-        )
-    if plot_files:
-        md += ["", "## Plots", ""] + [f"![{p.stem}](plots/{p.name})" for p in plot_files]
-    if warnings:
-        md += ["", "## Warnings", ""] + [f"- {w}" for w in warnings]
-    (out / "table.md").write_text("\n".join(md) + "\n", encoding="utf-8")
-    files.append(out / "table.md")
+    markdown = markdown_document(
+        "vt-eval results",
+        "Primary accuracy (%) per benchmark: strict answer extraction (method.md §8.3 steps 1-4) unless the "
+        "protocol says otherwise. `ours (paper X)`: the paper's number for the same model and benchmark.",
+        body,
+        plots=plot_files,
+        warnings=warnings,
+    )
+    files.append(write_text_atomic(out / "table.md", markdown))
 
     columns = benchmark_columns(runs)
-    with (out / "table.csv").open("w", newline="", encoding="utf-8") as fh:
-        writer = csv.writer(fh)
-        writer.writerow(["model", "protocol", "source", *columns])
-        for (label, protocol), cells in _grid(runs).items():
-            writer.writerow(
-                [label, protocol, "ours", *(_csv(cells[c].accuracy) if c in cells else "" for c in columns)]
-            )
-        for row in _paper_rows(columns, paper_rows):
-            writer.writerow(
-                [row, "video_thinker", "paper", *(_csv(PAPER_TABLE1[row].get(c)) for c in columns)]
-            )
-    files.append(out / "table.csv")
-
-    with (out / "runs.csv").open("w", newline="", encoding="utf-8") as fh:
-        writer = csv.DictWriter(fh, fieldnames=list(records[0]))
-        writer.writeheader()
-        writer.writerows(records)
-    files.append(out / "runs.csv")
+    wide = [
+        [label, protocol, "ours", *(_csv(cells[c].accuracy) if c in cells else "" for c in columns)]
+        for (label, protocol), cells in _grid(runs).items()
+    ]
+    wide += [
+        [row, "video_thinker", "paper", *(_csv(PAPER_TABLE1[row].get(c)) for c in columns)]
+        for row in _paper_rows(columns, paper_rows)
+    ]
+    table = csv_text(["model", "protocol", "source", *columns], wide, lineterminator=EXCEL_LINE_END)
+    files.append(write_text_atomic(out / "table.csv", table))
+    runs_csv = records_csv(records, list(records[0]), lineterminator=EXCEL_LINE_END)
+    files.append(write_text_atomic(out / "runs.csv", runs_csv))
     for warning in warnings:
         log.warning(warning)
     return {"out_dir": out, "files": files, "warnings": warnings, "runs": [r.directory for r in runs]}

@@ -14,7 +14,7 @@ CSV/JSON copies, and plots of the training curves and the accuracies.
 
 Units: accuracy, valid-trace rate, mIoU, R@0.5 and ROUGE-L are percentages (results.json holds
 fractions). Accuracy is the run's primary accuracy (strict answer extraction unless its protocol chose
-lenient, as in vt_eval.report), and the per-category accuracies (`acc/<category>`) use the same
+lenient, as in vt_eval.tables.Run), and the per-category accuracies (`acc/<category>`) use the same
 extraction. Values a benchmark does not produce (grounding and captions need gold segments) are None in
 the data and "–" in the tables.
 
@@ -33,11 +33,7 @@ says why.
 
 from __future__ import annotations
 
-import csv
-import io
-import json
 import logging
-import math
 import os
 import statistics
 from collections.abc import Iterable, Mapping, Sequence
@@ -45,16 +41,24 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from vt_eval.report import Run
-from vt_eval.runner import RESULTS
+from vt_data.files import write_json_atomic, write_text_atomic
+from vt_eval.merge import RESULTS
+from vt_eval.plots import write_stage_plots
+from vt_eval.tables import (
+    CATEGORY_PREFIX,
+    MISSING,
+    Run,
+    markdown_document,
+    markdown_table_lines,
+    number,
+    percent,
+    read_run,
+    records_csv,
+    rounded,
+)
 
 log = logging.getLogger("vt_eval")
 
-SFT_LOG = Path("logs") / "steps.jsonl"
-GRPO_LOG = Path("logs") / "grpo.jsonl"
-CATEGORY_PREFIX = "acc/"
-TOTAL_REWARD = "reward_mean"
-REWARD_PREFIX, REWARD_SUFFIX = "reward/", "_mean"
 # Per-run metric columns in table order; per-category accuracies follow them, then train_seconds.
 METRIC_COLUMNS = ("n", "accuracy", "valid_trace", "miou", "r@0.5", "rouge_l")
 TITLES = {
@@ -66,7 +70,6 @@ TITLES = {
     "rouge_l": "ROUGE-L",
     "train_seconds": "train time",
 }
-PLOT_NAMES = ("training_loss.png", "rewards.png", "accuracy_by_stage.png")
 
 
 @dataclass(frozen=True)
@@ -105,18 +108,14 @@ class StageRun:
 
 # --- per-run rows ------------------------------------------------------------------------------------
 def load_results(run: StageRun) -> Run:
-    """The evaluation of `run` (vt_eval.report.Run over its results.json)."""
+    """The evaluation of `run` (vt_eval.tables.Run over its results.json)."""
     path = run.eval_dir / RESULTS
     if not path.is_file():
         raise FileNotFoundError(
             f"{run.eval_dir}: no {RESULTS} for stage {run.stage!r} ({run.name}); the evaluation has not "
             "run or not finished (the runner writes it once every sample is done)"
         )
-    return Run(run.eval_dir, json.loads(path.read_text(encoding="utf-8")))
-
-
-def _pct(fraction: float | None) -> float | None:
-    return None if fraction is None else round(100.0 * fraction, 4)
+    return read_run(run.eval_dir)
 
 
 def _primary_key(results: Mapping[str, Any]) -> str:
@@ -131,7 +130,6 @@ def stage_row(run: StageRun, evaluation: Run) -> dict[str, Any]:
     summary = evaluation.results["summary"]
     grounding = summary.get("grounding") or {}
     captions = summary.get("captions") or {}
-    accuracy = evaluation.accuracy
     row: dict[str, Any] = {
         "stage": run.stage,
         "label": run.display,
@@ -139,15 +137,15 @@ def stage_row(run: StageRun, evaluation: Run) -> dict[str, Any]:
         "benchmark": evaluation.benchmark,
         "protocol": evaluation.protocol,
         "n": summary.get("n"),
-        "accuracy": None if accuracy is None else round(accuracy, 4),
-        "valid_trace": _pct(summary.get("valid_trace_rate")),
-        "miou": _pct(grounding.get("miou")),
-        "r@0.5": _pct(grounding.get("recall@0.5")),
-        "rouge_l": _pct(captions.get("rouge_l")),
+        "accuracy": rounded(evaluation.accuracy),
+        "valid_trace": percent(summary.get("valid_trace_rate")),
+        "miou": percent(grounding.get("miou")),
+        "r@0.5": percent(grounding.get("recall@0.5")),
+        "rouge_l": percent(captions.get("rouge_l")),
     }
     key = _primary_key(evaluation.results)
     for category, values in (summary.get("per_category") or {}).items():
-        row[CATEGORY_PREFIX + category] = _pct(values.get(key))
+        row[CATEGORY_PREFIX + category] = percent(values.get(key))
     row["train_seconds"] = run.train_seconds
     row["eval_dir"] = str(run.eval_dir)
     row["train_dir"] = None if run.train_dir is None else str(run.train_dir)
@@ -267,17 +265,13 @@ def seed_summary(rows: Sequence[Mapping[str, Any]], *, reference: str = "sft") -
 
 
 # --- Markdown ----------------------------------------------------------------------------------------
-def _number(value: float | None, digits: int = 2) -> str:
-    return "–" if value is None else f"{value:.{digits}f}"
-
-
 def _signed(value: float | None) -> str:
-    return "–" if value is None else f"{value:+.1f}"
+    return MISSING if value is None else f"{value:+.1f}"
 
 
 def _duration(seconds: float | None) -> str:
     if seconds is None:
-        return "–"
+        return MISSING
     if seconds < 120:
         return f"{seconds:.0f} s"
     if seconds < 7200:
@@ -289,8 +283,8 @@ def _cell(column: str, value: float | None, std: float | None = None) -> str:
     if column == "train_seconds":
         return _duration(value)
     if column == "n":
-        return "–" if value is None else f"{value:g}"
-    text = _number(value)
+        return MISSING if value is None else f"{value:g}"
+    text = number(value)
     return text if std is None or value is None else f"{text} ± {std:.2f}"
 
 
@@ -304,29 +298,21 @@ def gain_cell(entry: Mapping[str, Any]) -> str:
     if entry["gain_basis"] == "reference":
         return "ref"
     if entry["gain_mean"] is None:
-        return "–"
+        return MISSING
     text = _signed(entry["gain_mean"])
     if len(entry["gains"]) > 1:
         text += " (" + ", ".join(_signed(g) for g in entry["gains"]) + ")"
     return text + (" †" if "mean" in (entry["gain_basis"] or "").split("+") else "")
 
 
-def _markdown(header: Sequence[str], lines: Iterable[Sequence[str]]) -> list[str]:
-    return [
-        "| " + " | ".join(header) + " |",
-        "|" + "---|" * len(header),
-        *("| " + " | ".join(cells) + " |" for cells in lines),
-    ]
-
-
 def render_table(rows: Sequence[Mapping[str, Any]], summary: Sequence[Mapping[str, Any]]) -> str:
     """Markdown: a table per run, then one per stage ("mean over seeds", ± the sample std over seeds)
     with the per-seed accuracies and the gain over the reference stage (gain_cell)."""
     columns = numeric_columns(rows)
-    per_run = _markdown(
+    per_run = markdown_table_lines(
         ["stage", "seed", *map(_title, columns)],
         (
-            [row["label"], "–" if row["seed"] is None else str(row["seed"])]
+            [row["label"], MISSING if row["seed"] is None else str(row["seed"])]
             + [_cell(c, row.get(c)) for c in columns]
             for row in rows
         ),
@@ -334,7 +320,7 @@ def render_table(rows: Sequence[Mapping[str, Any]], summary: Sequence[Mapping[st
     reference = summary[0]["reference"] if summary else "sft"
     reference_label = next((e["label"] for e in summary if e["stage"] == reference), reference)
     stage_columns = [c for c in columns if c != "n"]
-    per_stage = _markdown(
+    per_stage = markdown_table_lines(
         [
             "stage",
             "runs",
@@ -349,7 +335,7 @@ def render_table(rows: Sequence[Mapping[str, Any]], summary: Sequence[Mapping[st
                 str(entry["runs"]),
                 _cell("accuracy", entry["mean"]["accuracy"], entry["std"]["accuracy"]),
             ]
-            + [", ".join(_number(a) for a in entry["accuracies"])]
+            + [", ".join(number(a) for a in entry["accuracies"])]
             + [_cell(c, entry["mean"][c], entry["std"][c]) for c in stage_columns[1:]]
             + [gain_cell(entry)]
             for entry in summary
@@ -368,323 +354,7 @@ def render_table(rows: Sequence[Mapping[str, Any]], summary: Sequence[Mapping[st
         if notes
         else f"Δ acc: no runs of the reference stage {reference!r}."
     )
-    return "\n".join(
-        [
-            "### Per run",
-            "",
-            *per_run,
-            "",
-            "### Mean over seeds",
-            "",
-            *per_stage,
-            "",
-            footnote,
-        ]
-    )
-
-
-# --- training logs -----------------------------------------------------------------------------------
-def read_step_log(path: str | os.PathLike) -> list[dict[str, Any]]:
-    """The lines of a training log (steps.jsonl, grpo.jsonl), one per step in step order.
-
-    A resumed run logs the steps after its checkpoint again: the later line wins, as it belongs to the
-    history the final model continued. A torn last line (a run killed mid-write) is dropped; a bad line
-    followed by good ones is corruption and raises ValueError."""
-    path = Path(path)
-    lines = path.read_text(encoding="utf-8").splitlines()
-    records: dict[int, dict[str, Any]] = {}
-    for number, line in enumerate(lines, 1):
-        if not line.strip():
-            continue
-        try:
-            record = json.loads(line)
-        except json.JSONDecodeError as exc:
-            if not any(rest.strip() for rest in lines[number:]):
-                log.warning("%s: torn last line %d dropped", path, number)
-                continue
-            raise ValueError(f"{path}:{number}: not a JSON line ({exc.msg})") from None
-        if not isinstance(record, dict) or "step" not in record:
-            raise ValueError(f"{path}:{number}: a log line without a step")
-        records[int(record["step"])] = record
-    return [records[step] for step in sorted(records)]
-
-
-def series(records: Sequence[Mapping[str, Any]], key: str) -> tuple[list[int], list[float]]:
-    """(steps, values) of `key` over the records, leaving out lines without a finite value."""
-    steps, values = [], []
-    for record in records:
-        value = record.get(key)
-        if isinstance(value, (int, float)) and math.isfinite(value):
-            steps.append(int(record["step"]))
-            values.append(float(value))
-    return steps, values
-
-
-def moving_average(values: Sequence[float], window: int) -> list[float]:
-    """Trailing mean over the last `window` values (fewer at the start), so the curve keeps its length."""
-    if window < 1:
-        raise ValueError(f"window must be >= 1, got {window}")
-    out, total = [], 0.0
-    for i, value in enumerate(values):
-        total += value
-        if i >= window:
-            total -= values[i - window]
-        out.append(total / min(i + 1, window))
-    return out
-
-
-def smoothing_window(length: int) -> int:
-    """A light smoothing: about 5% of the curve, at least 1 point."""
-    return max(1, length // 20)
-
-
-@dataclass(frozen=True)
-class Curve:
-    """One line of a plot: the run's stage (its colour), its name (legend), x and y."""
-
-    stage: str
-    name: str
-    steps: list[int]
-    values: list[float]
-
-
-def _log_path(run: StageRun, log_name: Path) -> Path | None:
-    if run.train_dir is None:
-        return None
-    path = run.train_dir / log_name
-    return path if path.is_file() else None
-
-
-def loss_curves(runs: Sequence[StageRun]) -> list[Curve]:
-    """Loss per optimizer step of every supervised run (logs/steps.jsonl). GRPO runs write steps.jsonl
-    too (vt_model's StepLog), but their loss is the policy-gradient surrogate, not comparable: a run with
-    logs/grpo.jsonl is left out."""
-    curves = []
-    for run in runs:
-        path = _log_path(run, SFT_LOG)
-        if path is None or _log_path(run, GRPO_LOG) is not None:
-            continue
-        steps, values = series(read_step_log(path), "loss")
-        if steps:
-            curves.append(Curve(run.stage, run.name, steps, values))
-    return curves
-
-
-def reward_names(records: Iterable[Mapping[str, Any]]) -> list[str]:
-    """The reward functions logged as `reward/<name>_mean`, in order of first appearance."""
-    keys = (k for record in records for k in record)
-    return list(
-        dict.fromkeys(
-            k[len(REWARD_PREFIX) : -len(REWARD_SUFFIX)]
-            for k in keys
-            if k.startswith(REWARD_PREFIX) and k.endswith(REWARD_SUFFIX)
-        )
-    )
-
-
-def reward_curves(runs: Sequence[StageRun]) -> dict[str, list[Curve]]:
-    """Panel title -> one curve per GRPO run (logs/grpo.jsonl): "total" (reward_mean) first, then each
-    reward function (reward/<name>_mean)."""
-    logs = [(run, read_step_log(path)) for run in runs if (path := _log_path(run, GRPO_LOG)) is not None]
-    names = reward_names(record for _, records in logs for record in records)
-    panels: dict[str, list[Curve]] = {}
-    for title, key in [("total", TOTAL_REWARD), *((n, f"{REWARD_PREFIX}{n}{REWARD_SUFFIX}") for n in names)]:
-        curves = [Curve(run.stage, run.name, *series(records, key)) for run, records in logs]
-        curves = [c for c in curves if c.steps]
-        if curves:
-            panels[title] = curves
-    return panels
-
-
-# --- plots -------------------------------------------------------------------------------------------
-def _stage_colors(stages: Iterable[str]) -> dict[str, str]:
-    return {stage: f"C{i % 10}" for i, stage in enumerate(dict.fromkeys(stages))}
-
-
-def _draw_curves(ax: Any, curves: Sequence[Curve], colors: Mapping[str, str]) -> None:
-    """Each curve faint as logged and solid smoothed; seeds of one stage share its colour, not its dashes."""
-    styles = ("-", "--", ":", "-.")
-    seen: dict[str, int] = {}
-    for curve in curves:
-        index = seen[curve.stage] = seen.get(curve.stage, -1) + 1
-        color, style = colors[curve.stage], styles[index % len(styles)]
-        window = smoothing_window(len(curve.values))
-        if window > 1:
-            ax.plot(curve.steps, curve.values, color=color, alpha=0.25, linewidth=0.8)
-        ax.plot(
-            curve.steps,
-            moving_average(curve.values, window),
-            color=color,
-            linestyle=style,
-            linewidth=1.4,
-            label=curve.name,
-        )
-
-
-def _save(fig: Any, plt: Any, path: Path) -> Path:
-    """savefig to a temporary name, then os.replace: a reader never sees half a PNG."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        fig.savefig(tmp, dpi=110, format="png")
-        os.replace(tmp, path)
-    finally:
-        plt.close(fig)
-        tmp.unlink(missing_ok=True)
-    return path
-
-
-def plot_training_loss(curves: Sequence[Curve], path: str | os.PathLike, *, title: str = "") -> Path:
-    """Loss against optimizer step, one line per supervised run (light moving average over the raw)."""
-    from vt_eval.plots import _pyplot
-
-    plt = _pyplot()
-    fig, ax = plt.subplots(figsize=(6.4, 3.8))
-    _draw_curves(ax, curves, _stage_colors(c.stage for c in curves))
-    ax.set_xlabel("optimizer step")
-    ax.set_ylabel("training loss")
-    ax.set_title(title or "training loss", fontsize=9)
-    ax.legend(fontsize=7)
-    fig.tight_layout()
-    return _save(fig, plt, Path(path))
-
-
-def plot_rewards(panels: Mapping[str, Sequence[Curve]], path: str | os.PathLike, *, title: str = "") -> Path:
-    """One subplot per reward (reward_curves), one line per GRPO run, x = step."""
-    from vt_eval.plots import _pyplot
-
-    plt = _pyplot()
-    ncols = min(3, len(panels))
-    nrows = math.ceil(len(panels) / ncols)
-    fig, axes = plt.subplots(nrows, ncols, figsize=(3.6 * ncols, 2.9 * nrows), squeeze=False)
-    colors = _stage_colors(c.stage for curves in panels.values() for c in curves)
-    flat = [ax for line in axes for ax in line]
-    for ax, (name, curves) in zip(flat, panels.items(), strict=False):
-        _draw_curves(ax, curves, colors)
-        ax.set_title(f"{name} reward (mean over completions)", fontsize=8)
-        ax.set_xlabel("GRPO step", fontsize=8)
-        ax.tick_params(labelsize=7)
-    for ax in flat[len(panels) :]:
-        ax.set_visible(False)
-    flat[0].legend(fontsize=7)
-    if title:
-        fig.suptitle(title, fontsize=9)
-    fig.tight_layout()
-    return _save(fig, plt, Path(path))
-
-
-def _spread(count: int, width: float = 0.5) -> list[float]:
-    """Horizontal offsets of `count` dots across a bar, so seeds with equal values stay visible."""
-    if count < 2:
-        return [0.0] * count
-    return [-width / 2 + width * i / (count - 1) for i in range(count)]
-
-
-def plot_accuracy_by_stage(
-    summary: Sequence[Mapping[str, Any]],
-    path: str | os.PathLike,
-    *,
-    chance: float | None = None,
-    title: str = "",
-) -> Path:
-    """A bar per stage at its mean accuracy over seeds with each run as a dot, the chance level dashed;
-    with per-category accuracies a second panel of grouped bars (category × stage means)."""
-    from vt_eval.plots import _pyplot
-
-    plt = _pyplot()
-    categories = list(dict.fromkeys(c for e in summary for c in e["mean"] if c.startswith(CATEGORY_PREFIX)))
-    panels = 2 if categories else 1
-    width = [max(3.0, 1.1 * len(summary) + 1.5)] + (
-        [max(4.0, 0.5 * len(categories) * len(summary) + 2)] if categories else []
-    )
-    fig, axes = plt.subplots(
-        1, panels, figsize=(sum(width), 3.8), squeeze=False, gridspec_kw={"width_ratios": width}
-    )
-    colors = _stage_colors(e["stage"] for e in summary)
-    ax = axes[0][0]
-    for x, entry in enumerate(summary):
-        mean = entry["mean"]["accuracy"]
-        ax.bar(x, mean or 0.0, 0.7, color=colors[entry["stage"]], alpha=0.75)
-        ax.text(x, (mean or 0.0) + 1.5, _number(mean, 1), ha="center", fontsize=7)
-        if entry["runs"] > 1:  # one run: the bar is the value
-            dots = [
-                (x + dx, a)
-                for dx, a in zip(_spread(entry["runs"]), entry["accuracies"], strict=True)
-                if a is not None
-            ]
-            ax.scatter([d[0] for d in dots], [d[1] for d in dots], color="black", s=12, zorder=3)
-    ax.set_xticks(range(len(summary)))
-    ax.set_xticklabels(
-        [f"{e['label']}\n({e['runs']} run{'s' if e['runs'] > 1 else ''})" for e in summary],
-        fontsize=7,
-        rotation=20,
-        ha="right",
-    )
-    ax.set_ylabel("accuracy (%)")
-    ax.set_title("accuracy by stage (bar: mean; dots: seeds)", fontsize=8)
-    if categories:
-        group = axes[0][1]
-        # Stages whose benchmark run reports no categories get no empty bars (a 0 would read as a score).
-        grouped = [e for e in summary if any(e["mean"].get(c) is not None for c in categories)]
-        bar = 0.8 / len(grouped)
-        for i, entry in enumerate(grouped):
-            present = [
-                (k, entry["mean"][c]) for k, c in enumerate(categories) if entry["mean"].get(c) is not None
-            ]
-            group.bar(
-                [k + (i - (len(grouped) - 1) / 2) * bar for k, _ in present],
-                [value for _, value in present],
-                bar,
-                color=colors[entry["stage"]],
-                label=entry["label"],
-            )
-        group.set_xticks(range(len(categories)))
-        group.set_xticklabels(
-            [c[len(CATEGORY_PREFIX) :] for c in categories], fontsize=7, rotation=30, ha="right"
-        )
-        group.set_title("accuracy per category (mean over seeds)", fontsize=8)
-        group.legend(fontsize=7)
-    for panel in axes[0]:
-        if chance is not None:
-            panel.axhline(chance, color="grey", linestyle="--", linewidth=1, label=f"chance {chance:g}%")
-        panel.set_ylim(0, 100)
-    if chance is not None:
-        ax.legend(fontsize=7)
-    if title:
-        fig.suptitle(title, fontsize=9)
-    fig.tight_layout()
-    return _save(fig, plt, Path(path))
-
-
-def write_stage_plots(
-    runs: Sequence[StageRun],
-    summary: Sequence[Mapping[str, Any]],
-    out_dir: Path,
-    *,
-    chance: float | None = None,
-) -> tuple[list[Path], dict[str, str]]:
-    """The three plots under out_dir; returns (files, {skipped plot name: why})."""
-    files: list[Path] = []
-    skipped: dict[str, str] = {}
-    try:
-        curves = loss_curves(runs)
-        if curves:
-            files.append(plot_training_loss(curves, out_dir / "training_loss.png"))
-        else:
-            skipped["training_loss.png"] = f"no supervised run with {SFT_LOG.as_posix()} in its train_dir"
-        panels = reward_curves(runs)
-        if panels:
-            files.append(plot_rewards(panels, out_dir / "rewards.png"))
-        else:
-            skipped["rewards.png"] = f"no run with rewards in {GRPO_LOG.as_posix()} in its train_dir"
-        if any(entry["mean"]["accuracy"] is not None for entry in summary):
-            files.append(plot_accuracy_by_stage(summary, out_dir / "accuracy_by_stage.png", chance=chance))
-        else:
-            skipped["accuracy_by_stage.png"] = "no run has an accuracy (no evaluated samples)"
-    except ImportError as exc:  # matplotlib is declared, but the tables must not depend on it
-        done = {p.name for p in files}
-        skipped.update({name: str(exc) for name in PLOT_NAMES if name not in done and name not in skipped})
-    return files, skipped
+    return "\n".join(["### Per run", "", *per_run, "", "### Mean over seeds", "", *per_stage, "", footnote])
 
 
 # --- the report --------------------------------------------------------------------------------------
@@ -703,23 +373,10 @@ def consistency_warnings(rows: Sequence[Mapping[str, Any]], reference: str) -> l
     return warnings
 
 
-def _write_atomic(path: Path, text: str) -> Path:
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(text, encoding="utf-8")
-    os.replace(tmp, path)
-    return path
-
-
 def rows_csv(rows: Sequence[Mapping[str, Any]]) -> str:
     """stages.csv: one line per run; per-category columns after the metrics, empty where absent."""
     head = ["stage", "label", "seed", "benchmark", "protocol", *METRIC_COLUMNS]
-    fields = [*head, *category_columns(rows), "train_seconds", "eval_dir", "train_dir"]
-    buffer = io.StringIO()
-    writer = csv.DictWriter(buffer, fieldnames=fields, lineterminator="\n")
-    writer.writeheader()
-    for row in rows:
-        writer.writerow({k: "" if row.get(k) is None else row[k] for k in fields})
-    return buffer.getvalue()
+    return records_csv(rows, [*head, *category_columns(rows), "train_seconds", "eval_dir", "train_dir"])
 
 
 def write_stage_report(
@@ -744,31 +401,19 @@ def write_stage_report(
     warnings = consistency_warnings(rows, reference)
     plot_files, skipped = write_stage_plots(runs, summary, out / "plots", chance=chance)
     table = render_table(rows, summary)
-    heading = title or f"Training stages on {rows[0]['benchmark']}"
-    markdown = [
-        f"# {heading}",
-        "",
+    markdown = markdown_document(
+        title or f"Training stages on {rows[0]['benchmark']}",
         "Accuracy, valid trace, mIoU, R@0.5 and ROUGE-L in %; accuracy is the primary accuracy of each "
         "evaluation. ± is the sample standard deviation over seeds.",
-        "",
-        table,
-    ]
-    if plot_files or skipped:
-        markdown += ["", "## Plots", ""]
-        markdown += [f"![{p.stem}](plots/{p.name})" for p in plot_files]
-        markdown += [f"- {name} skipped: {why}" for name, why in skipped.items()]
-    if warnings:
-        markdown += ["", "## Warnings", ""] + [f"- {w}" for w in warnings]
+        [table],
+        plots=plot_files,
+        skipped=skipped,
+        warnings=warnings,
+    )
     files = [
-        _write_atomic(out / "table.md", "\n".join(markdown) + "\n"),
-        _write_atomic(out / "stages.csv", rows_csv(rows)),
-        _write_atomic(
-            out / "summary.json",
-            json.dumps(
-                {"reference": reference, "rows": rows, "summary": summary}, indent=2, ensure_ascii=False
-            )
-            + "\n",
-        ),
+        write_text_atomic(out / "table.md", markdown),
+        write_text_atomic(out / "stages.csv", rows_csv(rows)),
+        write_json_atomic(out / "summary.json", {"reference": reference, "rows": rows, "summary": summary}),
         *plot_files,
     ]
     for warning in warnings:
@@ -786,7 +431,6 @@ def write_stage_report(
 
 __all__ = [
     "StageRun",
-    "Curve",
     "load_results",
     "stage_row",
     "stage_rows",
@@ -798,15 +442,5 @@ __all__ = [
     "numeric_columns",
     "consistency_warnings",
     "rows_csv",
-    "read_step_log",
-    "reward_names",
-    "series",
-    "moving_average",
-    "loss_curves",
-    "reward_curves",
-    "plot_training_loss",
-    "plot_rewards",
-    "plot_accuracy_by_stage",
-    "write_stage_plots",
     "write_stage_report",
 ]

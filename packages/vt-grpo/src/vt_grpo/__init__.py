@@ -15,6 +15,8 @@ Lightning and Hydra glue (imported only where used):
 - `vt_grpo.module.GRPOModule`, `vt_grpo.datamodule.PromptDataModule`, `vt_grpo.callbacks`,
   and the `vt-grpo` app `vt_grpo.cli` (configs: conf/grpo.yaml); the HF export is
   `vt_model.training.export`, shared with vt-sft.
+- `vt_grpo.policy`: the policy under the strategy: the reference policy (LoRA adapter disabled or a
+  frozen copy) and the parameters gathered for generation under ZeRO-3.
 """
 
 __version__ = "0.1.0"

@@ -161,12 +161,12 @@ class PromptDataModule(pl.LightningDataModule):
         self._pending_state: dict[str, Any] | None = None
 
     def stream_config(self, rank: int, world_size: int):
-        from vt_data.shards import StreamConfig
+        from vt_data.shards.stream import StreamConfig
 
         return StreamConfig(urls=self.train_shards, rank=rank, world_size=world_size, **self.stream)
 
     def setup(self, stage: str | None = None) -> None:
-        from vt_data.shards import make_loader
+        from vt_data.shards.stream import make_loader
 
         if self.source is not None:
             return

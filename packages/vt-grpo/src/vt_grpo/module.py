@@ -1,27 +1,24 @@
 """GRPOModule: GRPO for a video LM as a LightningModule that only orchestrates the pure pieces.
 
 One training step (manual optimisation: generation and updates alternate, and one rollout batch can
-feed μ updates):
+feed μ updates), one method per stage:
 
-1. collect the step's groups (`vt_grpo.rollout.collect_groups`): draw prompts from the stream, sample
-   G completions each with the video encoded once (`sample_groups`), score them (`score_groups`),
-   skip zero-variance groups and draw more prompts up to the cap;
-2. build the rollout batch (`build_rollout_batch`): identical video inputs and position ids for every
-   later pass, group-relative advantages (`vt_grpo.advantages`);
-3. without gradients: the reference policy's log-probs (β > 0) and, with μ > 1, the old policy's;
-4. μ times: for each micro-batch, the policy's log-probs (`sequence_logprobs`, gradients flow) into
-   `vt_grpo.loss.grpo_loss`, backward; then clip, optimizer step, scheduler step.
+1. `_collect_rollouts`: draw the step's prompts from the stream, sample G completions each
+   (`_generate`, the one place generation runs: `vt_grpo.rollout.sample_groups` with the video encoded
+   once), score them (`score_groups`), skip zero-variance groups and draw more prompts up to the cap
+   (`collect_groups`); then build the rollout batch (`build_rollout_batch`): identical video inputs and
+   position ids for every later pass, group-relative advantages (`vt_grpo.advantages`);
+2. `_reference_and_old_logprobs`, without gradients: the reference policy's log-probs (β > 0,
+   `vt_grpo.policy.ReferencePolicy`) and, with μ > 1, the old policy's;
+3. `_update`, μ times: for each micro-batch, the policy's log-probs (`sequence_logprobs`, gradients
+   flow) into `vt_grpo.loss.grpo_loss`, backward; then clip, optimizer step, scheduler step;
+4. `_step_metrics` and `_log_step`: the step's scalars, logged under `train/`.
 
 The module receives objects (style.md H4): the policy model (or a factory), optimizer and scheduler
 factories, the tokenizer (or a factory), the `RewardSet` and the `GRPOSettings`.
 
-Reference policy. β > 0 needs π_ref = the start policy. With LoRA it is the same model with the adapter
-disabled (`with model.disable_adapter():`), so no second copy exists; that is only the start policy
-while nothing outside the adapter trains, which is checked. With full fine-tuning it is a frozen deep
-copy made in `setup`, before any update and before the strategy wraps the model (the policy is built
-there too, not in `configure_model`: see `setup`). It is held outside the module's submodules, so it is
-not in checkpoints (on resume it is rebuilt from the same start weights), not wrapped by DDP and not
-partitioned by ZeRO: under ZeRO-3 every rank holds a whole frozen copy (bf16 7B: ~15 GB per GPU).
+Reference policy and generation under ZeRO-3: `vt_grpo.policy`. The policy is built in `setup`, not in
+`configure_model`, so that the reference copy is made before the strategy wraps the model (see `setup`).
 
 Loss scale across micro-batches and ranks. Every micro-batch's loss is its share of the whole step's
 loss (`normaliser` = the step's sequences, tokens or N × max_len over all ranks), times the world size,
@@ -35,21 +32,22 @@ into the strategy's config as `gradient_clipping` in `setup`, before the engine 
 
 from __future__ import annotations
 
-import contextlib
-import copy
 import logging
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import lightning.pytorch as pl
 import torch
 
 from vt_grpo.loss import grpo_loss
+from vt_grpo.policy import ReferencePolicy, check_reference_mode, gathered_for_generation
 from vt_grpo.rewards import RewardSet
 from vt_grpo.rollout import (
     DIAGNOSTICS,
     Collection,
+    Group,
+    PromptItem,
     RolloutBatch,
     build_rollout_batch,
     collect_groups,
@@ -64,16 +62,11 @@ log = logging.getLogger(__name__)
 
 OptimizerFactory = Callable[[Any], torch.optim.Optimizer]
 SchedulerFactory = Callable[..., Any]
-REFERENCE_MODES = ("auto", "adapter_disabled", "copy")
-
-
-def _is_peft(model) -> bool:
-    return hasattr(model, "disable_adapter") and hasattr(model, "get_base_model")
-
-
-def _partitioned(model) -> bool:
-    """ZeRO-3 partitions parameters at construction (they carry DeepSpeed's `ds_id`)."""
-    return any(hasattr(p, "ds_id") for p in model.parameters())
+# grpo_loss metrics averaged over the first update's tokens (the rollout policy).
+TOKEN_WEIGHTED = ("kl", "clip_fraction", "clip_fraction_low", "clip_fraction_high", "ratio_mean")
+# What `_update` sums over a step: every update's loss, the first update's token-weighted metrics and
+# entropy, the largest rollout / loss log-prob gap and the completion tokens.
+STEP_SUMS = ("loss", *TOKEN_WEIGHTED, "entropy", "logp_gap", "tokens")
 
 
 def _base(model):
@@ -116,14 +109,11 @@ class GRPOModule(pl.LightningModule):
         self.settings = (
             settings if isinstance(settings, GRPOSettings) else GRPOSettings(**dict(settings or {}))
         )
-        if reference not in REFERENCE_MODES:
-            raise ValueError(f"reference must be one of {REFERENCE_MODES}, got {reference!r}")
-        self.reference_mode = reference
+        self.reference_mode = check_reference_mode(reference)
         self.completions_to_show = completions_to_show
-        # The frozen reference lives in a plain list: not a submodule, so not in state_dict(), not moved,
-        # wrapped or partitioned by the strategy (module docstring).
-        self._frozen: list[torch.nn.Module] = []
-        self._reference_kind: str | None = None
+        # Built with the policy (`_build`); a plain object, so its frozen copy is no submodule
+        # (vt_grpo.policy).
+        self.reference_policy: ReferencePolicy | None = None
 
     # ------------------------------------------------------------------------------ model set-up
     def setup(self, stage: str) -> None:
@@ -148,46 +138,15 @@ class GRPOModule(pl.LightningModule):
             self.model = self._model_factory()
         if self.tokenizer is None:
             self.tokenizer = self._tokenizer_factory()
-        if self._reference_kind is None:
-            self._setup_reference()
-
-    def _setup_reference(self) -> None:
-        if not self.settings.uses_reference:
-            self._reference_kind = "none"
-            return
-        mode = self.reference_mode
-        if mode == "auto":
-            mode = "adapter_disabled" if _is_peft(self.model) else "copy"
-        if mode == "adapter_disabled":
-            if not _is_peft(self.model):
-                raise ValueError("reference='adapter_disabled' needs a LoRA (peft) model")
-            drifting = [n for n, p in self.model.named_parameters() if p.requires_grad and "lora_" not in n]
-            if drifting:
-                raise ValueError(
-                    "with LoRA the reference is the model with its adapter disabled, which is the start "
-                    f"policy only if nothing outside the adapter trains; trainable non-adapter parameters: "
-                    f"{drifting[:3]}{'...' if len(drifting) > 3 else ''}. Freeze them (LoRA train_vision/"
-                    f"train_merger false) or set reference='copy'"
-                )
-        elif _partitioned(self.model):
-            raise ValueError(
-                "the policy is already partitioned by ZeRO-3 (built under zero.Init): a frozen "
-                "copy cannot be made from it; pass the model as a factory"
+        if self.reference_policy is None:
+            self.reference_policy = ReferencePolicy.for_policy(
+                self.model, mode=self.reference_mode, needed=self.settings.uses_reference
             )
-        else:
-            self._frozen = [self._frozen_copy(self.model)]
-        self._reference_kind = mode
-
-    @staticmethod
-    def _frozen_copy(model: torch.nn.Module) -> torch.nn.Module:
-        reference = copy.deepcopy(model)
-        reference.requires_grad_(False)
-        return reference.eval()
 
     @property
     def reference(self) -> torch.nn.Module | None:
         """The frozen reference model (full fine-tuning), None with LoRA (adapter disabled) or β = 0."""
-        return self._frozen[0] if self._frozen else None
+        return self.reference_policy.model if self.reference_policy is not None else None
 
     def on_fit_start(self) -> None:
         if self.trainer.world_size != self.settings.world_size:
@@ -195,12 +154,8 @@ class GRPOModule(pl.LightningModule):
                 f"the trainer runs {self.trainer.world_size} processes but settings.world_size is "
                 f"{self.settings.world_size}"
             )
-        dtype = next(self.model.parameters()).dtype
-        for reference in self._frozen:
-            reference.to(self.device)
-            if dtype.is_floating_point:
-                reference.to(dtype)  # e.g. bf16-true converted the policy after the copy was made
-        log.info("GRPO: %s; reference: %s", self.settings.describe(), self._reference_kind)
+        self.reference_policy.place(self.device, next(self.model.parameters()).dtype)
+        log.info("GRPO: %s; reference: %s", self.settings.describe(), self.reference_policy.kind)
 
     def configure_optimizers(self):
         params = [p for p in self.model.parameters() if p.requires_grad]
@@ -215,11 +170,60 @@ class GRPOModule(pl.LightningModule):
         scheduler = self.scheduler_factory(optimizer, total_steps=total_steps)
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
 
-    # ------------------------------------------------------------------------------ helpers
-    def _sync(self, tensor: torch.Tensor, op: str) -> torch.Tensor:
-        if self.trainer.world_size == 1:
-            return tensor
-        return self.trainer.strategy.reduce(tensor.to(self.device), reduce_op=op).cpu()
+    # ------------------------------------------------------------------------------ the step
+    def training_step(self, batch: dict[str, Any], batch_idx: int) -> dict[str, Any]:
+        s = self.settings
+        source = batch["prompts"]
+        started = time.perf_counter()
+        collection, rollout = self._collect_rollouts(source)
+        micro_batches = rollout.split(s.micro_batch_per_device)
+        generated = time.perf_counter()
+        self._reference_and_old_logprobs(micro_batches)
+        referenced = time.perf_counter()
+        sums, grad_norms = self._update(rollout, micro_batches)
+        finished = time.perf_counter()
+
+        metrics = self._step_metrics(
+            collection, rollout, sums, grad_norms, timings=(started, generated, referenced, finished)
+        )
+        self._log_step(metrics)
+        return {
+            "loss": torch.tensor(sums["loss"] / s.updates_per_batch),
+            "step_end": True,
+            "step_loss": sums["loss"] / s.updates_per_batch,
+            "step_tokens": int(sums["tokens"]) * self.trainer.world_size,
+            "step_samples": s.completions_per_step,
+            "keys": collection.keys,
+            STREAM_STATE: source.state_dict(),
+            "metrics": metrics,
+            "completions": self._completion_rows(collection, rollout),
+        }
+
+    # ------------------------------------------------------------------------------ 1. rollouts
+    def _collect_rollouts(self, source) -> tuple[Collection, RolloutBatch]:
+        """The step's scored groups drawn from `source` and the rollout batch built from them."""
+        # eval mode: no dropout; HF turns the KV cache off in train mode with gradient checkpointing
+        self.model.eval()
+        collection = collect_groups(source.draw, self._rollout, self.settings, sync=self._sync)
+        rollout = build_rollout_batch(
+            collection.groups,
+            self._pad_id,
+            _base(self.model).config,
+            advantage_scale=self.settings.advantage_scale,
+        )
+        return collection, rollout
+
+    def _rollout(self, items: Sequence[PromptItem]) -> list[Group]:
+        """One round of `collect_groups`: G completions per prompt, scored."""
+        groups = self._generate(items)
+        score_groups(groups, self.rewards)
+        return groups
+
+    def _generate(self, items: Sequence[PromptItem]) -> list[Group]:
+        """G completions per prompt sampled from the current policy: the one place the module generates,
+        so a different rollout engine is called from here (under ZeRO-3 on gathered parameters)."""
+        with gathered_for_generation(self.model, self.trainer.model):
+            return sample_groups(self.model, self.tokenizer, items, self.settings)
 
     @property
     def _pad_id(self) -> int:
@@ -227,58 +231,104 @@ class GRPOModule(pl.LightningModule):
 
         return special_ids(self.tokenizer).pad
 
-    def _rollout(self, items):
-        with self._gathered_for_generation():
-            groups = sample_groups(self.model, self.tokenizer, items, self.settings)
-        score_groups(groups, self.rewards)
-        return groups
+    def _sync(self, tensor: torch.Tensor, op: str) -> torch.Tensor:
+        if self.trainer.world_size == 1:
+            return tensor
+        return self.trainer.strategy.reduce(tensor.to(self.device), reduce_op=op).cpu()
 
-    @contextlib.contextmanager
-    def _gathered_for_generation(self):
-        """Under ZeRO-3, the whole policy gathered on every rank and DeepSpeed's module hooks lifted while
-        it generates (a no-op for every other strategy).
+    # ------------------------------------------------------------------------------ 2. log-probs
+    def _reference_and_old_logprobs(self, micro_batches: Sequence[RolloutBatch]) -> None:
+        """Fill each micro-batch's `ref_logprobs` (β > 0) and `old_logprobs` (μ > 1), before any update."""
+        s = self.settings
+        with torch.no_grad():
+            for mb in micro_batches:
+                if s.uses_reference:
+                    mb.ref_logprobs = self.reference_policy.logprobs(
+                        self.model, mb.inputs, mb.completion_mask, temperature=s.temperature
+                    )
+                if s.updates_per_batch > 1:
+                    mb.old_logprobs = policy_logprobs(
+                        self.model, mb.inputs, mb.completion_mask, temperature=s.temperature
+                    )[0]
 
-        Generation runs one forward per new token. With partitioned parameters each of them would
-        all-gather every layer again (on 8 GPUs: the whole 7B model per token), and DeepSpeed's hooks,
-        whose prefetch trace was recorded over a whole GRPO step, scan that trace on every module call
-        (measured on the tiny model: a 32-completion rollout took 42 s instead of 0.4 s). So, as TRL's
-        `ds3_gather_for_generation`: gather once, remove the hooks, generate on plain tensors, put the
-        hooks back (DeepSpeed then re-records its trace) and re-partition. Costs one copy of the weights
-        per GPU during the rollout (bf16 7B: ~15 GB). With the hooks lifted, generation runs no
-        collective, so ranks need no synchronised decoding (`synced_gpus`). Uses DeepSpeed's
-        `parameter_offload` object (`_remove_module_hooks` / `setup_zero_stage3_hooks`, the pair TRL
-        relies on) and refuses to run without it.
-        """
-        params = [p for p in self.model.parameters() if hasattr(p, "ds_id")]
-        if not params:
-            yield
-            return
-        import deepspeed
+    # ------------------------------------------------------------------------------ 3. updates
+    def _update(
+        self, rollout: RolloutBatch, micro_batches: Sequence[RolloutBatch]
+    ) -> tuple[dict[str, float], list[float]]:
+        """μ optimizer steps over the micro-batches. Returns the step's `STEP_SUMS` and the gradient
+        norm of every update."""
+        s = self.settings
+        policy = self.model
+        policy.train()
+        optimizer = self.optimizers()
+        scheduler = self.lr_schedulers()
+        normaliser = self._normaliser(rollout)
+        scale = float(self.trainer.world_size)  # DDP / DeepSpeed average gradients over ranks
+        sums = dict.fromkeys(STEP_SUMS, 0.0)
+        grad_norms = []
+        for update in range(s.updates_per_batch):
+            first = update == 0
+            update_loss = 0.0
+            for i, mb in enumerate(micro_batches):
+                self._start_micro_batch(i == len(micro_batches) - 1)
+                logp, entropy = policy_logprobs(
+                    policy, mb.inputs, mb.completion_mask, temperature=s.temperature, with_entropy=first
+                )  # [n, L]
+                mask = mb.completion_mask.to(logp.device)
+                loss, metrics = self._micro_batch_loss(logp, mb, mask, normaliser)
+                self.manual_backward(loss * scale)
+                update_loss += float(loss.detach())
+                if first:  # token-weighted metrics of the first update (the rollout policy)
+                    self._add_rollout_policy_metrics(sums, metrics, logp, entropy, mask, mb)
+            grad_norms.append(self._clip_and_norm(optimizer))
+            optimizer.step()
+            optimizer.zero_grad(set_to_none=True)
+            if scheduler is not None:
+                scheduler.step()
+            sums["loss"] += update_loss
+        policy.eval()
+        return sums, grad_norms
 
-        optimizer = getattr(self.trainer.model, "optimizer", None)
-        offload = getattr(optimizer, "parameter_offload", None)
-        if not (hasattr(offload, "_remove_module_hooks") and hasattr(offload, "setup_zero_stage3_hooks")):
-            raise RuntimeError(
-                "ZeRO-3 rollouts need DeepSpeed's parameter_offload hooks API "
-                "(_remove_module_hooks / setup_zero_stage3_hooks), missing in this version"
-            )
-        with deepspeed.zero.GatheredParameters(params, modifier_rank=None):
-            for param in params:
-                param.ds_active_sub_modules.clear()
-            offload._remove_module_hooks()
-            try:
-                yield
-            finally:
-                offload.setup_zero_stage3_hooks()
+    def _micro_batch_loss(
+        self, logp: torch.Tensor, mb: RolloutBatch, mask: torch.Tensor, normaliser: float
+    ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """`grpo_loss` of one micro-batch: its share of the whole step's loss (`normaliser`)."""
+        s = self.settings
+        return grpo_loss(
+            logp,
+            None if mb.old_logprobs is None else mb.old_logprobs.to(logp.device),
+            None if mb.ref_logprobs is None else mb.ref_logprobs.to(logp.device),
+            mb.advantages.to(logp.device),
+            mask,
+            beta=s.beta,
+            eps_low=s.eps_low,
+            eps_high=s.eps_high,
+            aggregation=s.aggregation,
+            kl_estimator=s.kl_estimator,
+            max_len=s.max_completion_length,
+            normaliser=normaliser,
+        )
 
-    @contextlib.contextmanager
-    def _reference_context(self):
-        """The model to run as π_ref: the frozen copy, or the policy with its adapter disabled."""
-        if self._reference_kind == "adapter_disabled":
-            with self.model.disable_adapter():
-                yield self.model
-        else:
-            yield self.reference
+    def _add_rollout_policy_metrics(
+        self,
+        sums: dict[str, float],
+        metrics: Mapping[str, torch.Tensor],
+        logp: torch.Tensor,
+        entropy: torch.Tensor,
+        mask: torch.Tensor,
+        mb: RolloutBatch,
+    ) -> None:
+        """Add one micro-batch of the first update to the step's sums (token-weighted)."""
+        tokens = float(mask.sum())
+        sums["tokens"] += tokens
+        for key in TOKEN_WEIGHTED:
+            sums[key] += float(metrics[key]) * tokens
+        sums["entropy"] += float(entropy.sum())
+        if mb.rollout_logprobs is not None and self.settings.temperature == 1.0:
+            # generate's log-probs vs the loss pass: equal up to rounding when the inputs are
+            # identical (method.md §10.10); a gap means rollout and loss see different inputs.
+            gap = (logp.detach() - mb.rollout_logprobs.to(logp.device)).abs()
+            sums["logp_gap"] = max(sums["logp_gap"], float(gap[mask].max()) if tokens else 0.0)
 
     def _start_micro_batch(self, is_last: bool) -> None:
         """Tell DeepSpeed (a no-op for every other strategy) that a micro-batch starts, as its own
@@ -326,108 +376,9 @@ class GRPOModule(pl.LightningModule):
             )
         return norm
 
-    # ------------------------------------------------------------------------------ the step
-    def training_step(self, batch: dict[str, Any], batch_idx: int) -> dict[str, Any]:
-        s = self.settings
-        source = batch["prompts"]
-        policy = self.model
-        started = time.perf_counter()
-
-        # 1-2. rollouts (eval mode: no dropout; HF turns the KV cache off in train mode with checkpointing)
-        policy.eval()
-        collection = collect_groups(source.draw, self._rollout, s, sync=self._sync)
-        rollout = build_rollout_batch(
-            collection.groups, self._pad_id, _base(policy).config, advantage_scale=s.advantage_scale
-        )
-        micro_batches = rollout.split(s.micro_batch_per_device)
-        generated = time.perf_counter()
-
-        # 3. reference and old-policy log-probs, before any update
-        with torch.no_grad():
-            for mb in micro_batches:
-                if s.uses_reference:
-                    with self._reference_context() as reference:
-                        mb.ref_logprobs = policy_logprobs(
-                            reference, mb.inputs, mb.completion_mask, temperature=s.temperature
-                        )[0]
-                if s.updates_per_batch > 1:
-                    mb.old_logprobs = policy_logprobs(
-                        policy, mb.inputs, mb.completion_mask, temperature=s.temperature
-                    )[0]
-        referenced = time.perf_counter()
-
-        # 4. μ updates over the micro-batches
-        policy.train()
-        optimizer = self.optimizers()
-        scheduler = self.lr_schedulers()
-        normaliser = self._normaliser(rollout)
-        scale = float(self.trainer.world_size)  # DDP / DeepSpeed average gradients over ranks
-        sums: dict[str, float] = {
-            "loss": 0.0,
-            "kl": 0.0,
-            "clip_fraction": 0.0,
-            "clip_fraction_low": 0.0,
-            "clip_fraction_high": 0.0,
-            "ratio_mean": 0.0,
-            "entropy": 0.0,
-            "logp_gap": 0.0,
-            "tokens": 0.0,
-        }
-        grad_norms = []
-        for update in range(s.updates_per_batch):
-            update_loss = 0.0
-            for i, mb in enumerate(micro_batches):
-                self._start_micro_batch(i == len(micro_batches) - 1)
-                first = update == 0
-                logp, entropy = policy_logprobs(
-                    policy, mb.inputs, mb.completion_mask, temperature=s.temperature, with_entropy=first
-                )  # [n, L]
-                mask = mb.completion_mask.to(logp.device)
-                loss, metrics = grpo_loss(
-                    logp,
-                    None if mb.old_logprobs is None else mb.old_logprobs.to(logp.device),
-                    None if mb.ref_logprobs is None else mb.ref_logprobs.to(logp.device),
-                    mb.advantages.to(logp.device),
-                    mask,
-                    beta=s.beta,
-                    eps_low=s.eps_low,
-                    eps_high=s.eps_high,
-                    aggregation=s.aggregation,
-                    kl_estimator=s.kl_estimator,
-                    max_len=s.max_completion_length,
-                    normaliser=normaliser,
-                )
-                self.manual_backward(loss * scale)
-                update_loss += float(loss.detach())
-                if first:  # token-weighted metrics of the first update (the rollout policy)
-                    tokens = float(mask.sum())
-                    sums["tokens"] += tokens
-                    for key in (
-                        "kl",
-                        "clip_fraction",
-                        "clip_fraction_low",
-                        "clip_fraction_high",
-                        "ratio_mean",
-                    ):
-                        sums[key] += float(metrics[key]) * tokens
-                    sums["entropy"] += float(entropy.sum())
-                    if mb.rollout_logprobs is not None and s.temperature == 1.0:
-                        # generate's log-probs vs the loss pass: equal up to rounding when the inputs are
-                        # identical (method.md §10.10); a gap means rollout and loss see different inputs.
-                        gap = (logp.detach() - mb.rollout_logprobs.to(logp.device)).abs()
-                        sums["logp_gap"] = max(sums["logp_gap"], float(gap[mask].max()) if tokens else 0.0)
-            grad_norms.append(self._clip_and_norm(optimizer))
-            optimizer.step()
-            optimizer.zero_grad(set_to_none=True)
-            if scheduler is not None:
-                scheduler.step()
-            sums["loss"] += update_loss
-        policy.eval()
-        finished = time.perf_counter()
-
-        metrics = self._step_metrics(
-            collection, rollout, sums, grad_norms, timings=(started, generated, referenced, finished)
-        )
+    # ------------------------------------------------------------------------------ 4. reporting
+    def _log_step(self, metrics: Mapping[str, float]) -> None:
+        """The step's scalars under `train/`, and the mean reward on the progress bar."""
         self.log_dict(
             {f"train/{k}": v for k, v in metrics.items()},
             on_step=True,
@@ -444,19 +395,7 @@ class GRPOModule(pl.LightningModule):
             batch_size=1,
             sync_dist=self.trainer.world_size > 1,
         )
-        return {
-            "loss": torch.tensor(sums["loss"] / s.updates_per_batch),
-            "step_end": True,
-            "step_loss": sums["loss"] / s.updates_per_batch,
-            "step_tokens": int(sums["tokens"]) * self.trainer.world_size,
-            "step_samples": s.completions_per_step,
-            "keys": collection.keys,
-            STREAM_STATE: source.state_dict(),
-            "metrics": metrics,
-            "completions": self._completion_rows(collection, rollout),
-        }
 
-    # ------------------------------------------------------------------------------ reporting
     def _step_metrics(
         self,
         collection: Collection,

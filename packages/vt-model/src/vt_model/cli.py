@@ -16,7 +16,7 @@ import json
 import sys
 from pathlib import Path
 
-# CLI option -> tiny_config keyword
+# CLI option -> vt_model.model_configs.qwen25vl_tiny_config keyword
 _SIZE_OPTIONS = {
     "hidden": ("hidden", 64, "text hidden size"),
     "intermediate": ("intermediate", 128, "text MLP size"),

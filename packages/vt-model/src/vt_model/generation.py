@@ -1,7 +1,22 @@
-"""Rollouts for GRPO and evaluation: G completions per video prompt with the video encoded ONCE, and
-per-token log-probs of given completions in one forward pass.
+"""Rollouts for GRPO and evaluation: G completions per video prompt with the video encoded ONCE and the
+prompt prefilled ONCE, and per-token log-probs of given completions in one forward pass.
 
-How "encode once" works in transformers 5.23 (read in generation/utils.py and modeling_qwen2_5_vl.py):
+One prefill per prompt (the default, `prefill="shared"`): the vision tower runs once on the B prompts'
+videos; the language model runs once over the B prompts (video features scattered into their
+`<|video_pad|>` positions through `mm_encoder_outputs`, see below) and returns their KV cache; the cache
+is repeated G times (`DynamicCache.batch_repeat_interleave`, prompt-major: row b * G + g) and our own
+decode loop samples the B * G continuations (temperature, top-k, top-p in transformers' warper order;
+the vision placeholder ids suppressed; stop at <|im_end|> / <|endoftext|>). transformers' `generate`
+cannot share a prefill between the G samples of one prompt: it prefills all B * G rows, which for a
+video prompt is most of the rollout's compute (experiments/perf/rollout_shared_prefill.py).
+
+Positions: our M-RoPE ids (`vt_model.positions`, the original Qwen2.5-VL rule, stack.md §3) are computed
+for the B left-padded prompts and passed to the prefill; since every prompt ends in text, whose three
+components are equal, the t-th new token of a row sits at (last prompt position) + 1 + t in all three
+(no `rope_deltas` bookkeeping: positions are always passed explicitly).
+
+The reference path, `prefill="per_completion"`, is transformers' `generate`. How "encode once" works
+there in transformers 5.23 (read in generation/utils.py and modeling_qwen2_5_vl.py):
 
 * `Qwen2_5_VLForConditionalGeneration.forward` accepts `mm_encoder_outputs={"video": out}`, where
   `out.pooler_output` is a sequence of per-video feature tensors (n_tokens_i, hidden) as returned by
@@ -15,18 +30,18 @@ How "encode once" works in transformers 5.23 (read in generation/utils.py and mo
   ourselves (rather than relying on generate's own `num_return_sequences` expansion, which in 5.23 also
   encodes first and expands `mm_encoder_outputs`) keeps greedy decoding possible with G > 1 (generate
   refuses num_return_sequences > 1 without sampling) and keeps us independent of that internal order.
-* M-RoPE: positions are computed by `vt_model.positions` (the original Qwen2.5-VL rule, stack.md §3) for
-  the B left-padded prompts and repeat-interleaved to (3, B * G, L). When `position_ids` is passed,
-  generate skips its own `get_rope_index` (which implements the 5.x text-after-video rule) and extends
-  the ids by last + 1 per new token, which is right because every prompt ends in text.
+* M-RoPE: the prompts' position ids are repeat-interleaved to (3, B * G, L). When `position_ids` is
+  passed, generate skips its own `get_rope_index` (which implements the 5.x text-after-video rule) and
+  extends the ids by last + 1 per new token.
 
 The naive path (`encode_once=False`) repeats the pixels G times and lets the model encode B * G videos;
-tests/test_generation.py checks both paths give the same greedy tokens and log-probs and counts the
-videos the vision tower sees (B vs B * G).
+tests/test_generation.py checks every path gives the same greedy tokens and log-probs, counts the videos
+the vision tower sees (B vs B * G) and the rows the language model prefills (B vs B * G).
 
 Log-probs: `return_logprobs=True` records log softmax of the *raw* model logits (temperature 1, before
-top-k / top-p) at every step with a logits processor placed before the sampling warpers, keeping only
-the chosen token's value (memory O(B * G * V) for one step, not for the whole sequence). They equal
+top-k / top-p) at every step (on the reference path with a logits processor placed before the sampling
+warpers), keeping only the chosen token's value (memory O(B * G * V) for one step, not for the whole
+sequence). They equal
 `sequence_logprobs(..., temperature=1.0)` of the same completions, the quantity a GRPO ratio needs.
 Both exclude the vision placeholder ids (`placeholder_ids`): the policy never emits them.
 """
@@ -157,6 +172,94 @@ def trim_completion(tokens: torch.Tensor, stop_ids: Sequence[int]) -> tuple[torc
     return tokens, False
 
 
+# --- one prefill per prompt: our own decode loop -----------------------------------------------------
+def _filter_logits(logits: torch.Tensor, *, temperature: float, top_k: int, top_p: float) -> torch.Tensor:
+    """(N, V) float32 logits -> the sampling distribution's logits, in transformers' warper order
+    (temperature, then top-k, then top-p with at least one token kept), so a sampled rollout follows the
+    same distribution as `model.generate` with the same settings."""
+    if temperature != 1.0:
+        logits = logits / temperature
+    if top_k and 0 < top_k < logits.shape[-1]:
+        kth = torch.topk(logits, top_k, dim=-1).values[..., -1:]  # (N, 1)
+        logits = logits.masked_fill(logits < kth, float("-inf"))
+    if top_p < 1.0:
+        sorted_logits, order = torch.sort(logits, descending=False, dim=-1)
+        cumulative = sorted_logits.softmax(dim=-1).cumsum(dim=-1)
+        drop_sorted = cumulative <= (1 - top_p)
+        drop_sorted[..., -1:] = False  # the most likely token always stays
+        logits = logits.masked_fill(drop_sorted.scatter(-1, order, drop_sorted), float("-inf"))
+    return logits
+
+
+def _next_tokens(logits: torch.Tensor, *, do_sample: bool, temperature: float, top_k: int,
+                 top_p: float) -> torch.Tensor:
+    """(N, V) float32 logits (placeholders already suppressed) -> (N,) chosen tokens."""
+    if not do_sample:
+        return logits.argmax(dim=-1)
+    probs = _filter_logits(logits, temperature=temperature, top_k=top_k, top_p=top_p).softmax(dim=-1)
+    return torch.multinomial(probs, num_samples=1).squeeze(1)
+
+
+def _shared_prefill_decode(model, batch: Mapping[str, Any], G: int, *, encoder_outputs: dict | None,
+                           suppressed: torch.Tensor, stop_ids: torch.Tensor, pad_id: int,
+                           max_new_tokens: int, do_sample: bool, temperature: float, top_k: int,
+                           top_p: float, return_logprobs: bool
+                           ) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Prefill the B prompts ONCE, repeat their KV cache G times, decode the B * G rows.
+
+    batch: input_ids, attention_mask, mm_token_type_ids (B, L), position_ids (3, B, L) by the original
+    M-RoPE rule. Returns completions (B*G, T) (pad after a row's stop token, as generate writes) and, when
+    asked, the chosen tokens' log-probs (B*G, T) under the raw logits with the placeholders suppressed.
+
+    Positions: every prompt ends in text, whose three M-RoPE components are equal, so the t-th new token
+    of a row sits at (that row's last prompt position) + 1 + t in all three components -- the same ids
+    generate derives when it is given position_ids. The KV cache holds each prompt once until the
+    repeat: the prefill costs B rows, not B * G (transformers' generate prefills all B * G rows).
+    """
+    prefill = model(
+        input_ids=batch["input_ids"],
+        attention_mask=batch["attention_mask"],
+        position_ids=batch["position_ids"],
+        mm_token_type_ids=batch["mm_token_type_ids"],
+        **({"mm_encoder_outputs": encoder_outputs} if encoder_outputs is not None else {}),
+        use_cache=True,
+        logits_to_keep=1,
+    )
+    cache = prefill.past_key_values
+    cache.batch_repeat_interleave(G)  # (B, ...) -> (B*G, ...), prompt-major like the rows
+    logits = prefill.logits[:, -1].float().repeat_interleave(G, dim=0)  # (B*G, V)
+    attention_mask = batch["attention_mask"].repeat_interleave(G, dim=0)  # (B*G, L)
+    next_position = batch["position_ids"][:, :, -1:].repeat_interleave(G, dim=1) + 1  # (3, B*G, 1)
+    N = logits.shape[0]
+    unfinished = torch.ones(N, dtype=torch.bool, device=logits.device)
+    tokens: list[torch.Tensor] = []  # each (N,)
+    token_logprobs: list[torch.Tensor] = []
+    for step in range(max_new_tokens):
+        logits = logits.index_fill(-1, suppressed, float("-inf"))
+        chosen = _next_tokens(logits, do_sample=do_sample, temperature=temperature, top_k=top_k, top_p=top_p)
+        if return_logprobs:
+            token_logprobs.append(torch.log_softmax(logits, dim=-1).gather(1, chosen[:, None]).squeeze(1))
+        chosen = torch.where(unfinished, chosen, torch.full_like(chosen, pad_id))
+        tokens.append(chosen)
+        unfinished = unfinished & ~torch.isin(chosen, stop_ids)
+        if not bool(unfinished.any()) or step + 1 == max_new_tokens:
+            break
+        attention_mask = torch.cat([attention_mask, attention_mask.new_ones((N, 1))], dim=1)
+        out = model(
+            input_ids=chosen[:, None],
+            attention_mask=attention_mask,
+            position_ids=next_position + step,
+            past_key_values=cache,
+            use_cache=True,
+        )
+        cache = out.past_key_values
+        logits = out.logits[:, -1].float()
+    completions = torch.stack(tokens, dim=1) if tokens else torch.zeros((N, 0), dtype=torch.long)
+    logprobs = torch.stack(token_logprobs, dim=1) if return_logprobs and token_logprobs else (
+        torch.zeros((N, 0)) if return_logprobs else None)
+    return completions, logprobs
+
+
 @torch.no_grad()
 def generate(
     model,
@@ -170,6 +273,7 @@ def generate(
     top_k: int = 0,
     max_new_tokens: int = 256,
     return_logprobs: bool = False,
+    prefill: str = "shared",
     encode_once: bool = True,
 ) -> GenerationOutput:
     """G = num_return_sequences completions for each prompt, the video encoded once per prompt.
@@ -178,14 +282,22 @@ def generate(
     batch from `collate.collate_prompts`. Sampling settings are passed explicitly; the model's own
     generation_config (e.g. a checkpoint's repetition_penalty) is not used. Generation stops at
     <|im_end|> (and <|endoftext|>). top_k=0 / top_p=1.0 disable those filters.
-    encode_once=False is the naive reference path (pixels repeated G times).
+
+    prefill="shared" (default): each prompt (video included) runs through the model once, its KV cache
+    is repeated G times and our decode loop samples the G continuations (`_shared_prefill_decode`).
+    prefill="per_completion": transformers' `generate` on the B * G expanded rows, which prefills every
+    prompt G times (the reference path; experiments/perf/rollout_shared_prefill.py compares the two).
+    encode_once=False is the fully naive reference: pixels repeated G times, the vision tower run on
+    B * G videos, and transformers' `generate` (so it implies prefill="per_completion").
+    Greedy output is token-identical between the paths; log-probs agree within float tolerance
+    (tests/test_generation.py).
     Runs under no_grad in the model's current mode: call model.eval() first (dropout; and transformers
     turns the KV cache off for a model in training mode with gradient checkpointing).
     """
-    from transformers import GenerationConfig, LogitsProcessorList
-
     if num_return_sequences < 1:
         raise ValueError(f"num_return_sequences must be >= 1, got {num_return_sequences}")
+    if prefill not in ("shared", "per_completion"):
+        raise ValueError(f"prefill must be 'shared' or 'per_completion', got {prefill!r}")
     ids = special_ids(tokenizer)
     G = num_return_sequences
     batch = dict(_as_prompt_batch(prompt_batch, ids.pad))
@@ -195,9 +307,58 @@ def generate(
         batch.update(model_inputs_positions(_base(model).config, batch))  # (3, B, L)
     num_prompts, prompt_width = batch["input_ids"].shape
     prompt_lengths = batch["attention_mask"].sum(-1).tolist()
+    has_video = "pixel_values_videos" in batch  # text-only prompts (the hindsight checker) have none
+    stop_ids = (ids.im_end, ids.pad)
+    suppressed = list(placeholder_ids(_base(model).config))
+
+    if prefill == "shared" and encode_once:
+        features = (encode_videos(model, batch["pixel_values_videos"], batch["video_grid_thw"])
+                    if has_video else None)  # B tensors
+        completions, token_logprobs = _shared_prefill_decode(
+            model, batch, G,
+            encoder_outputs=_video_encoder_outputs(features) if features is not None else None,
+            suppressed=torch.tensor(suppressed, device=device),
+            stop_ids=torch.tensor(stop_ids, device=device), pad_id=ids.pad,
+            max_new_tokens=max_new_tokens, do_sample=do_sample, temperature=temperature,
+            top_k=top_k, top_p=top_p, return_logprobs=return_logprobs,
+        )  # (B*G, T)
+    else:
+        completions, token_logprobs = _generate_per_completion(
+            model, batch, G, has_video=has_video, encode_once=encode_once, suppressed=suppressed,
+            stop_ids=stop_ids, pad_id=ids.pad, max_new_tokens=max_new_tokens, do_sample=do_sample,
+            temperature=temperature, top_k=top_k, top_p=top_p, return_logprobs=return_logprobs,
+        )
+        completions = completions[:, prompt_width:]
+
+    sequences, texts, logprobs, finished = [], [], [] if return_logprobs else None, []
+    for p in range(num_prompts):
+        seqs_p, texts_p, lps_p, fin_p = [], [], [], []
+        for g in range(G):
+            row = p * G + g
+            seq, done = trim_completion(completions[row], stop_ids)
+            seqs_p.append(seq.cpu())
+            texts_p.append(tokenizer.decode(seq, skip_special_tokens=True))
+            fin_p.append(done)
+            if token_logprobs is not None:
+                lps_p.append(token_logprobs[row, : len(seq)].cpu())
+        sequences.append(seqs_p)
+        texts.append(texts_p)
+        finished.append(fin_p)
+        if logprobs is not None:
+            logprobs.append(lps_p)
+    return GenerationOutput(sequences=sequences, texts=texts, logprobs=logprobs,
+                            prompt_lengths=[int(n) for n in prompt_lengths], finished=finished)
+
+
+def _generate_per_completion(model, batch: Mapping[str, Any], G: int, *, has_video: bool, encode_once: bool,
+                             suppressed: list[int], stop_ids: tuple[int, int], pad_id: int,
+                             max_new_tokens: int, do_sample: bool, temperature: float, top_k: int,
+                             top_p: float, return_logprobs: bool
+                             ) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """transformers' `generate` over the B * G expanded rows -> ((B*G, L + T) ids, (B*G, T) log-probs)."""
+    from transformers import GenerationConfig, LogitsProcessorList
 
     inputs = _repeat_rows(batch, G)  # (B*G, L), positions (3, B*G, L)
-    has_video = "pixel_values_videos" in batch  # text-only prompts (the hindsight checker) have none
     if has_video and encode_once:
         features = encode_videos(model, batch["pixel_values_videos"], batch["video_grid_thw"])  # B tensors
         inputs["mm_encoder_outputs"] = _video_encoder_outputs([f for f in features for _ in range(G)])
@@ -221,9 +382,9 @@ def generate(
         repetition_penalty=1.0,
         num_beams=1,
         num_return_sequences=1,
-        eos_token_id=[ids.im_end, ids.pad],
-        suppress_tokens=list(placeholder_ids(_base(model).config)),
-        pad_token_id=ids.pad,
+        eos_token_id=list(stop_ids),
+        suppress_tokens=suppressed,
+        pad_token_id=pad_id,
         bos_token_id=None,
         use_cache=True,
     )
@@ -233,27 +394,11 @@ def generate(
         generation_config=config,
         logits_processor=LogitsProcessorList([recorder]) if recorder is not None else None,
     )
-    completions = out[:, prompt_width:]  # (B*G, T)
-    token_logprobs = recorder.finish(completions[:, -1]) if recorder is not None else None  # (B*G, T)
-
-    sequences, texts, logprobs, finished = [], [], [] if return_logprobs else None, []
-    for p in range(num_prompts):
-        seqs_p, texts_p, lps_p, fin_p = [], [], [], []
-        for g in range(G):
-            row = p * G + g
-            seq, done = trim_completion(completions[row], (ids.im_end, ids.pad))
-            seqs_p.append(seq.cpu())
-            texts_p.append(tokenizer.decode(seq, skip_special_tokens=True))
-            fin_p.append(done)
-            if token_logprobs is not None:
-                lps_p.append(token_logprobs[row, : len(seq)].cpu())
-        sequences.append(seqs_p)
-        texts.append(texts_p)
-        finished.append(fin_p)
-        if logprobs is not None:
-            logprobs.append(lps_p)
-    return GenerationOutput(sequences=sequences, texts=texts, logprobs=logprobs,
-                            prompt_lengths=[int(n) for n in prompt_lengths], finished=finished)
+    prompt_width = batch["input_ids"].shape[1]
+    token_logprobs = recorder.finish(out[:, -1]) if recorder is not None else None  # (B*G, T)
+    if token_logprobs is not None:
+        token_logprobs = token_logprobs[:, : out.shape[1] - prompt_width]
+    return out, token_logprobs
 
 
 def rollout_batch(prompt_batch: Sequence[Mapping[str, Any]] | Mapping[str, Any], output: GenerationOutput,

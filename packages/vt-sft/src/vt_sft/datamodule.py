@@ -78,13 +78,13 @@ class SFTDataModule(pl.LightningDataModule):
                              f"{self.processor.max_frames}")
 
     def stream_config(self, rank: int, world_size: int):
-        from vt_data.shards import StreamConfig
+        from vt_data.shards.stream import StreamConfig
 
         return StreamConfig(urls=self.train_shards, rank=rank, world_size=world_size, **self.stream)
 
     def samples_per_rank(self) -> int:
         """The epoch length of one rank (from the shard index; no video is read)."""
-        from vt_data.shards import make_stream
+        from vt_data.shards.stream import make_stream
 
         return make_stream(self.stream_config(0, self.batch.world_size)).samples_per_rank()
 
@@ -93,7 +93,7 @@ class SFTDataModule(pl.LightningDataModule):
         return self.batch.steps_for_epochs(self.samples_per_rank(), epochs)
 
     def setup(self, stage: str | None = None) -> None:
-        from vt_data.shards import make_loader
+        from vt_data.shards.stream import make_loader
 
         if self.loader is not None:
             return

@@ -7,8 +7,9 @@ the attempt variant (regeneration number), so a regenerated trace is a new call 
 
 Layout: `<root>/<key[:2]>/<key>.json` holding the key's inputs and the reply, so the cache doubles as an
 audit log of every prompt sent and every reply paid for. One file per key (not an append-only JSONL)
-because a write is then a single atomic rename: a SIGKILL leaves either the whole entry or none (plus,
-at worst, an orphaned `*.tmp` file that is never read), and concurrent threads never interleave lines.
+because a write is then a single atomic rename (`vt_data.files`): a SIGKILL leaves either the whole entry
+or none (plus, at worst, an orphaned `*.tmp` file that is never read), and concurrent threads never
+interleave lines.
 """
 
 from __future__ import annotations
@@ -19,6 +20,8 @@ import os
 import threading
 from pathlib import Path
 from typing import Any
+
+from vt_data.files import atomic_open
 
 CACHE_FORMAT = 1
 
@@ -36,7 +39,6 @@ class DiskCache:
     def __init__(self, root: str | os.PathLike, *, fsync: bool = True):
         self.root = Path(root)
         self.fsync = fsync
-        self._counter = 0
         self._lock = threading.Lock()
 
     def path(self, key: str) -> Path:
@@ -53,17 +55,11 @@ class DiskCache:
             return None  # cannot happen with atomic writes; treat a damaged entry as absent
 
     def put(self, key: str, entry: dict[str, Any]) -> None:
-        path = self.path(key)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        with self._lock:
-            self._counter += 1
-            tmp = path.with_name(f".{path.name}.{os.getpid()}.{self._counter}.tmp")
-        with open(tmp, "w", encoding="utf-8") as fh:
+        # The temporary name is one per process, so two threads must not write at once (the engine's
+        # workers may put the same key); a write is short next to the call that produced the entry.
+        # fsync: the reply was paid for, so it must survive a power cut too.
+        with self._lock, atomic_open(self.path(key), "w", fsync=self.fsync) as fh:
             json.dump(entry, fh, ensure_ascii=False)
-            if self.fsync:
-                fh.flush()
-                os.fsync(fh.fileno())  # the reply was paid for: make it survive a power cut too
-        os.replace(tmp, path)
 
     def __contains__(self, key: str) -> bool:
         return self.path(key).is_file()

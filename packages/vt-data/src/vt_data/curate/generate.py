@@ -34,13 +34,20 @@ from typing import Any
 from vt_data.curate.engine import CallResult, InvalidReply, extract_json
 from vt_data.curate.pipeline import Context, StageResult, category, provenance, with_provenance
 from vt_data.curate.prompts import PromptTemplate, with_video
-from vt_data.records import Segment, VideoQA, format_options, option_letter, strip_option_prefix
+from vt_data.records import (
+    Segment,
+    VideoQA,
+    format_options,
+    option_letter,
+    option_letters,
+    split_option_label,
+    strip_option_prefix,
+)
 from vt_data.timespan import format_span, parse_span, parse_time
 from vt_data.trace import TraceStep, check_format, render_process
 
 _TAG = re.compile(r"</?(time|caption|think|answer)>", re.IGNORECASE)
 _LETTER = re.compile(r"^\(?([A-Z])\)?(?=$|[\s.):,])")
-_PREFIX = re.compile(r"^\s*\(?([A-Z])\)?\s*[.:)]\s+")
 
 
 # --- reply validation helpers -------------------------------------------------------------------
@@ -201,7 +208,7 @@ class WriteQuestions(TeacherStage):
         texts = [self._option(option, i) for i, option in enumerate(options)]
         if len({t.casefold() for t in texts}) != len(texts):
             raise InvalidReply("the options must be distinct (exactly one may be correct)")
-        answer = parse_letter(obj.get("answer"), [option_letter(i) for i in range(len(texts))])
+        answer = parse_letter(obj.get("answer"), option_letters(len(texts)))
         evidence = obj.get("evidence") or list(range(1, num_segments + 1))
         if not isinstance(evidence, list) or not all(
                 isinstance(i, int) and not isinstance(i, bool) and 1 <= i <= num_segments for i in evidence):
@@ -216,9 +223,10 @@ class WriteQuestions(TeacherStage):
     @staticmethod
     def _option(option: Any, index: int) -> str:
         text = reply_text({"o": option}, "o", f"option {index + 1}")
-        found = _PREFIX.match(text)
-        if found and found.group(1) == option_letter(index):
-            text = text[found.end():].strip()  # the model lettered its options itself
+        # Any label form, but with a space after it, so that "A.5 s" keeps its "A".
+        label = split_option_label(text, parens="optional", space_after=True)
+        if label and label[0] == option_letter(index):
+            text = label[1].strip()  # the model lettered its options itself
         if not text:
             raise InvalidReply(f"option {index + 1} has no text")
         return text

@@ -49,7 +49,7 @@ class WriteOutputs:
             part = [r for r in out.records if provenance(r).get("split", "train") == split]
             out.counts[f"{split}_records"] = write_records(part, ctx.out_dir / f"{split}.jsonl")
             if self.shard:
-                from vt_data.shards import write_shards  # imports torch: only when sharding
+                from vt_data.shards.writer import write_shards
 
                 index = write_shards(part, ctx.video_root, ctx.out_dir / "shards" / split,
                                      max_count=self.max_count, max_bytes=self.max_bytes,

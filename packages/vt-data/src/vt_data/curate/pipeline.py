@@ -19,9 +19,7 @@ checker_verdicts and verdict ("pass" / "fail").
 from __future__ import annotations
 
 import copy
-import json
 import logging
-import os
 from collections import Counter
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
@@ -29,6 +27,7 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from vt_data.curate.engine import CallEngine
+from vt_data.files import write_json_atomic, write_jsonl_atomic
 from vt_data.records import VideoQA, write_records
 
 log = logging.getLogger("vt_data.curate")
@@ -124,14 +123,6 @@ def _by_source(records: Iterable[VideoQA]) -> dict[str, int]:
     return dict(sorted(Counter(r.data_source for r in records).items()))
 
 
-def _write_jsonl(path: Path, rows: Iterable[dict[str, Any]]) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    with tmp.open("w", encoding="utf-8") as fh:
-        for row in rows:
-            fh.write(json.dumps(row, ensure_ascii=False) + "\n")
-    os.replace(tmp, path)
-
-
 @dataclass
 class RunResult:
     """The records that came out of the last stage and the run report."""
@@ -167,9 +158,7 @@ def run_pipeline(stages: Mapping[str, Stage], ctx: Context) -> RunResult:
                                                        for r in records).items()))}
     if not ctx.dry_run:
         ctx.out_dir.mkdir(parents=True, exist_ok=True)
-        _write_jsonl(ctx.out_dir / "failures.jsonl", (f.to_dict() for f in failures))
+        write_jsonl_atomic(ctx.out_dir / "failures.jsonl", (f.to_dict() for f in failures))
         write_records(rejected, ctx.out_dir / "rejected.jsonl")
-        tmp = ctx.out_dir / "report.json.tmp"
-        tmp.write_text(json.dumps(report, indent=1, ensure_ascii=False) + "\n", encoding="utf-8")
-        os.replace(tmp, ctx.out_dir / "report.json")
+        write_json_atomic(ctx.out_dir / "report.json", report, indent=1)
     return RunResult(records, report)

@@ -3,10 +3,17 @@ and save the composed config, run `prepare:` steps, instantiate callback/logger 
 Lightning's per-rank relaunch run exactly the current job.
 
 Where the configs live. The YAML tree is data, not library code (style.md H1): `conf/` and
-`experiments/` at the repository root. `config_dir()` finds them from `VT_ROOT`, else by walking up from
-the working directory, else from this package's location (an editable install inside the repository),
-and sets `VT_ROOT` so the primary config's `hydra.searchpath` (`file://${oc.env:VT_ROOT,.}/experiments`)
-resolves wherever the command runs.
+`experiments/` at the repository root, shipped inside this package as `vt_model/configs/` (symlinks into
+the checkout in the source tree, copied as real files into a wheel). `config_dir()` takes, in order:
+- `VT_ROOT`, a checkout named explicitly;
+- the first checkout above the working directory;
+- the checkout this package is installed from (an editable install);
+- the configs shipped in the installed package (a wheel, no checkout anywhere).
+It exports `VT_CONFIG_ROOT`, the directory holding the chosen `conf/` and `experiments/`, which the
+primary configs' `hydra.searchpath` (`file://${oc.env:VT_CONFIG_ROOT,...}/experiments`) reads, and, for a
+checkout, `VT_ROOT`, under which runs and built assets go (conf/paths/default.yaml; the working directory
+otherwise). Users add their own config directory on top with Hydra's `--config-dir DIR` (`-cd DIR`):
+new experiments (`DIR/experiment/*.yaml`) and new options of any group (README.md).
 """
 
 from __future__ import annotations
@@ -22,6 +29,9 @@ from typing import Any
 log = logging.getLogger(__name__)
 
 CONF_DIR = "conf"
+EXPERIMENTS_DIR = "experiments"
+# conf/ and experiments/experiment/ as package data (packages/vt-model/pyproject.toml).
+SHIPPED_CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 RESOLVERS_REGISTERED = False
 # Hydra flags whose value is the next argument.
 _FLAGS_WITH_VALUE = {"--config-path", "-cp", "--config-name", "-cn", "--config-dir", "-cd"}
@@ -31,29 +41,37 @@ _LAUNCH_ONLY = ("hydra/launcher", "hydra/sweeper", "hydra.launcher", "hydra.swee
 
 
 def _is_root(path: Path) -> bool:
-    return (path / CONF_DIR).is_dir() and (path / "experiments").is_dir()
+    return (path / CONF_DIR).is_dir() and (path / EXPERIMENTS_DIR).is_dir()
 
 
-def find_root(start: str | os.PathLike | None = None) -> Path:
-    """The repository root holding conf/ and experiments/ (see the module docstring)."""
+def find_root(start: str | os.PathLike | None = None) -> Path | None:
+    """The repository checkout holding conf/ and experiments/: VT_ROOT, else the first one above `start`
+    (the working directory), else the one this package is installed from; None outside any checkout."""
     env = os.environ.get("VT_ROOT")
     if env:
         root = Path(env).expanduser().resolve()
         if not _is_root(root):
-            raise FileNotFoundError(f"VT_ROOT={env} has no {CONF_DIR}/ and experiments/")
+            raise FileNotFoundError(f"VT_ROOT={env} has no {CONF_DIR}/ and {EXPERIMENTS_DIR}/")
         return root
     for base in (Path(start or os.getcwd()).resolve(), Path(__file__).resolve()):
         for candidate in (base, *base.parents):
             if _is_root(candidate):
                 return candidate
-    raise FileNotFoundError("cannot find the config tree (conf/ and experiments/); run from the repository "
-                            "or set VT_ROOT")
+    return None
 
 
 def config_dir() -> str:
-    """Absolute conf/ directory; also exports VT_ROOT for the configs' search path and paths."""
+    """Absolute conf/ directory (a checkout's, else the shipped one); exports VT_CONFIG_ROOT for the
+    configs' experiments search path and, for a checkout, VT_ROOT for their paths."""
     root = find_root()
-    os.environ["VT_ROOT"] = str(root)
+    if root is not None:
+        os.environ["VT_ROOT"] = str(root)
+    elif _is_root(SHIPPED_CONFIGS):
+        root = SHIPPED_CONFIGS
+    else:
+        raise FileNotFoundError(f"cannot find the config tree ({CONF_DIR}/ and {EXPERIMENTS_DIR}/): run from "
+                                f"the repository, set VT_ROOT, or install vt-model with its configs")
+    os.environ["VT_CONFIG_ROOT"] = str(root)
     return str(root / CONF_DIR)
 
 

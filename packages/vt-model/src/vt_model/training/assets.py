@@ -57,7 +57,7 @@ def ensure_synthetic_shards(out_dir: str | os.PathLike, *, num_train_clips: int 
     """The synthetic temporal-QA dataset (vt_data.synthetic) and its train/test shards under `out_dir`
     (`shards/train`, `shards/test`), built if missing. `workers`: encoding processes (None: vt-data's
     default, which spawns processes for large builds)."""
-    from vt_data.shards import write_shards
+    from vt_data.shards.writer import write_shards
     from vt_data.synthetic import SynthConfig, build_dataset
 
     def build(tmp: Path) -> None:

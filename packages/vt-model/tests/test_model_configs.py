@@ -1,11 +1,15 @@
-"""The released Qwen2.5-VL-7B architecture built on the meta device (no weights, no memory): its exact
-parameter count, and the video token budget of the paper's setting (16 frames, 128*28*28 pixels)."""
+"""Model configs: the tiny config's M-RoPE split and validation, and the released Qwen2.5-VL-7B
+architecture built on the meta device (no weights, no memory): its exact parameter count, and the video
+token budget of the paper's setting (16 frames, 128*28*28 pixels)."""
 
 from __future__ import annotations
 
+import pytest
+
 from vt_model.loading import build_on_meta
+from vt_model.model_configs import default_mrope_section, qwen25vl_7b_config, qwen25vl_tiny_config
+from vt_model.offline_tokenizers import build_tiny_tokenizer
 from vt_model.processing import VideoProcessorConfig
-from vt_model.tiny import qwen25vl_7b_config
 
 # Pinned from build_on_meta; ~8.29e9 is the published size of Qwen2.5-VL-7B-Instruct.
 QWEN25VL_7B_PARAMS = 8_292_166_656
@@ -35,3 +39,20 @@ def test_paper_video_budget_for_a_16_by_9_source():
         assert config.resized_size(height, width) == (224, 420)
         assert config.grid_thw(16, height, width) == (8, 16, 30)
         assert config.num_video_tokens(16, height, width) == 960
+
+
+def test_mrope_section_and_config_validation():
+    tokenizer = build_tiny_tokenizer()
+    assert default_mrope_section(128) == [16, 24, 24]
+    assert default_mrope_section(32) == [4, 6, 6]
+    assert default_mrope_section(16) == [2, 3, 3]
+    config = qwen25vl_tiny_config(tokenizer)
+    assert config.text_config.vocab_size == 704
+    assert config.text_config.rope_parameters["mrope_section"] == [2, 3, 3]
+    assert config.video_token_id == tokenizer.convert_tokens_to_ids("<|video_pad|>")
+    assert config.vision_config.out_hidden_size == config.text_config.hidden_size
+    assert config.vision_config.fullatt_block_indexes == [1]
+    with pytest.raises(ValueError, match="mrope_section"):
+        qwen25vl_tiny_config(tokenizer, mrope_section=[2, 2, 2])
+    with pytest.raises(ValueError, match="heads"):
+        qwen25vl_tiny_config(tokenizer, hidden=60, heads=8)
