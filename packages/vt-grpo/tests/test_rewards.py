@@ -92,6 +92,53 @@ def test_temporal_iou_needs_segments_and_a_duration():
     assert run("temporal_iou", [GOOD], SAMPLE.replace(duration=None)) == [0.0]
 
 
+# --- clue sufficiency ---------------------------------------------------------------------------
+def clue_trace(*captions: str, answer: str = "B", span: str = "00:02-00:04") -> str:
+    steps = " ".join(f"<time>{span}</time> <caption>{c}</caption> <think>so {answer}</think>"
+                     for c in captions)
+    return f"{steps}\n<answer>{answer}</answer>"
+
+
+@pytest.mark.parametrize(
+    ("completion", "options", "score"),
+    [
+        (clue_trace("a green square"), {}, 1.0),  # the clue names the gold colour
+        (clue_trace("a red circle"), {}, 0.0),  # right answer, contradicting clue
+        (clue_trace("a green square", answer="C"), {}, 1.0),  # wrong answer, the clue still suffices
+        (clue_trace("a shape"), {}, 0.0),  # the clue names no option: the checker abstains
+        (clue_trace("a red circle", "a green square"), {}, 1.0),  # the rule checker reads the last clue
+        (clue_trace("a green square") + "<answer>B</answer>", {}, 0.0),  # invalid format
+        ("<answer>B</answer>", {}, 0.0),  # no clue at all
+        (clue_trace(*["a green square"] * 9), {}, 0.0),  # more than 8 clues
+        (clue_trace("a green square", span="00:00-00:08"), {}, 1.0),
+        (clue_trace("a green square", span="00:00-00:08"), {"grounded": True}, 0.0),  # whole clip
+        (clue_trace("a green square"), {"grounded": True}, 1.0),
+    ],
+)
+def test_clue_reward(completion, options, score):
+    assert run("clue", [completion], **options) == [score]
+
+
+def test_clue_reward_asks_each_clue_set_once_and_a_failing_checker_scores_zero(caplog):
+    from vt_data.clues import RuleChecker
+
+    class Counting(RuleChecker):
+        calls = 0
+
+        def check(self, request):
+            Counting.calls += 1
+            if "boom" in request.evidence[-1][1]:
+                raise ConnectionError("checker down")
+            return super().check(request)
+
+    group = [clue_trace("a green square")] * 6 + [clue_trace("a boom green square")] * 2
+    assert run("clue", group, checker=Counting()) == [1.0] * 6 + [0.0] * 2
+    assert Counting.calls == 2 and "failed on 1 of 2" in caplog.text
+    assert run("clue", [clue_trace("a green square")], NUMERIC) == [0.0]  # multiple choice only
+    with pytest.raises(ValueError, match="needs a checker"):
+        run("clue", [GOOD], checker=None)
+
+
 # --- registry, user hook, RewardSet -------------------------------------------------------------
 def test_load_reward_by_name_and_by_import_path(tmp_path, monkeypatch):
     assert load_reward("format").name == "format"
@@ -190,6 +237,24 @@ def test_builtin_rewards_never_raise_and_stay_in_range(completions, sample):
     assert ((scores.per_function >= 0) & (scores.per_function <= 1)).all()
 
 
+@settings(deadline=None, max_examples=150)
+@given(st.lists(COMPLETIONS, min_size=1, max_size=4), st.sampled_from(SAMPLES), st.booleans())
+def test_clue_reward_never_raises_and_stays_in_range(completions, sample, grounded):
+    reward_set = RewardSet({"clue": 1.0}, options={"clue": {"grounded": grounded}})
+    scores = reward_set(completions, [sample] * len(completions))  # RewardSet checks the range
+    assert scores.per_function.shape == (len(completions), 1)
+
+
+@settings(deadline=None, max_examples=150)
+@given(st.lists(st.text(max_size=80), min_size=1, max_size=3),
+       st.lists(st.text(max_size=20), min_size=0, max_size=6), st.sampled_from(["A", "B", "Z", ""]))
+def test_clue_reward_with_arbitrary_captions_and_options_stays_in_range(captions, options, gold):
+    # Valid traces whose captions and options are anything: the checker itself runs on every one.
+    sample = SAMPLE.replace(options=[f"{chr(65 + i)}. {o}" for i, o in enumerate(options)] or None,
+                            solution=f"<answer>{gold}</answer>")
+    assert all(x in (0.0, 1.0) for x in run("clue", [clue_trace(*captions)], sample))
+
+
 ADVERSARIAL = [
     "<answer>B</answer>" * 5000,  # repeated answer tags, 90k characters
     "<time>" * 20000,  # unclosed tags
@@ -210,3 +275,4 @@ def test_adversarial_strings(completion):
     scores = reward_set([completion] * 2, [SAMPLE, NUMERIC])
     assert ((scores.per_function >= 0) & (scores.per_function <= 1)).all()
     assert scores.per_function[:, 1].tolist() == [0.0, 0.0]  # none of them is a valid trace
+    assert REGISTRY["clue"]([completion] * 2, [SAMPLE, NUMERIC]) == [0.0, 0.0]

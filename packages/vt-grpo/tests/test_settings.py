@@ -36,6 +36,7 @@ def test_derived_sizes():
         ({"kl_estimator": "k4"}, "kl_estimator must be one of"),
         ({"temperature": 0.0}, "temperature must be > 0"),
         ({"eps_low": 1.0}, "eps_low must be < 1"),
+        ({"span_temperature": 0.0}, "span_temperature must be > 0"),
     ],
 )
 def test_refuses_inconsistent_settings(kwargs, message):

@@ -14,6 +14,8 @@ from vt_model.adapters import (
     count_parameters,
     freeze_vision,
     lora_parameter_count,
+    merged_model,
+    merged_named_tensors,
     save_pretrained,
     trainable_parameter_names,
 )
@@ -124,3 +126,24 @@ def test_merge_save_load_gives_identical_logits(model, tiny_dir, tmp_path):
     torch.testing.assert_close(merged_logits, lora_logits, atol=1e-5, rtol=0)
     # the default merge works on a copy: the training model keeps its adapters
     assert count_parameters(peft_model)[0] > 0 and hasattr(peft_model, "merge_and_unload")
+
+
+def test_merged_named_tensors_equal_merge_and_unload_and_leave_the_model_untouched(model):
+    """What a rollout engine loads (vt_grpo.vllm_rollout) is the merged model's state dict, name for name
+    and value for value, while the trained LoRA model keeps its exact weights (no merge/unmerge drift)."""
+    torch.manual_seed(0)
+    peft_model = apply_lora(model, LoraSettings(r=4))
+    for name, param in peft_model.named_parameters():
+        if "lora_B" in name:  # B starts at 0: give the adapter a real delta
+            torch.nn.init.normal_(param)
+    before = {name: param.detach().clone() for name, param in peft_model.named_parameters()}
+    streamed = dict(merged_named_tensors(peft_model))
+    reference = merged_model(peft_model).state_dict()
+    assert list(streamed) == list(reference)
+    for name, tensor in reference.items():
+        assert torch.equal(streamed[name], tensor), name
+    q_proj = "model.language_model.layers.0.self_attn.q_proj.weight"
+    base = before["base_model.model.model.language_model.layers.0.self_attn.q_proj.base_layer.weight"]
+    assert not torch.equal(streamed[q_proj], base)  # the delta is in
+    for name, param in peft_model.named_parameters():
+        assert torch.equal(param, before[name]), name

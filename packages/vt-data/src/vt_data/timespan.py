@@ -216,6 +216,22 @@ def _overlap(a: list[Span], b: list[Span]) -> float:
     return total
 
 
+# --- degenerate spans (a "do-nothing" grounding) -------------------------------------------------
+# A span covering at least this share of the video is "the whole video": it grounds nothing. 0.9
+# rather than 1.0 so that a span a little short of the ends is caught too, while a genuinely long gold
+# segment (say 80 % of the clip) can still be matched by a long span.
+WHOLE_CLIP_FRACTION = 0.9
+
+
+def is_degenerate(span: Span, duration: float | None) -> bool:
+    """Whether a span grounds nothing: zero (or negative) length, or covering >= WHOLE_CLIP_FRACTION of
+    a video `duration` seconds long. Without a duration only the length rule applies."""
+    start, end = float(span[0]), float(span[1])
+    if not end > start:
+        return True
+    return duration is not None and duration > 0 and end - start >= WHOLE_CLIP_FRACTION * duration
+
+
 def union_iou(pred_spans: Sequence[Span], gold_spans: Sequence[Span]) -> float:
     """CG-Bench `miou`: |∪gold ∩ ∪pred| / |∪gold ∪ ∪pred| after merging each list; 0 when both are empty."""
     pred, gold = _merge(pred_spans), _merge(gold_spans)

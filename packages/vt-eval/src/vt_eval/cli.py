@@ -8,6 +8,11 @@
     vt-eval merge RUN_DIR                                               # merge rank files by hand
     python -m vt_eval.cli ...                                           # the same without the console script
 
+Faithfulness (vt_eval.faithfulness, vt_eval.reliance) runs with every evaluation by default: the clue
+checker of the `clue_checker` group (default `auto`: rule-based on the synthetic set, none elsewhere;
+`clue_checker=qwen25vl_7b` / `vt_model` / `openai`; `~clue_checker`: off) and the reliance pass over
+`faithfulness.reliance` (`enabled`, a fixed subset by `every` and `limit`, `batch_size`).
+
 `report` and `merge` are dispatched on argv[1] before Hydra sees the command line. `run(cfg)` does the
 evaluation and also runs on a config composed with Hydra's compose API (tests, notebooks), given
 `paths.run_dir`. The same command twice resumes: the run directory is fixed by run_name, protocol and
@@ -84,10 +89,31 @@ def build_protocol(protocol_cfg: Any):
     return instantiate(protocol_cfg)
 
 
+def build_faithfulness(cfg: Any, device: str) -> dict[str, Any]:
+    """The `clue_checker` and `reliance` arguments of `evaluate` from the config: the checker of the
+    `clue_checker` group (None when absent or when `auto` finds none; a checker on device "auto" or
+    "cuda" is placed on this rank's device) and `faithfulness.reliance` (None unless enabled)."""
+    from hydra.utils import instantiate
+
+    from vt_data.clues import build_checker
+    from vt_eval.reliance import RelianceOptions
+
+    node = cfg.get("clue_checker")
+    checker = build_checker(instantiate(node)) if node is not None and "_target_" in node else None
+    if checker is not None and getattr(checker, "device", None) in ("auto", "cuda"):
+        checker.device = device  # one checker per rank, on that rank's GPU
+    options = _container((cfg.get("faithfulness") or {}).get("reliance"))
+    reliance = None
+    if options.pop("enabled", False):
+        reliance = RelianceOptions(**options)
+    return {"clue_checker": checker, "reliance": reliance}
+
+
 def run(cfg: Any) -> dict[str, Any]:
     """A composed eval config -> an evaluation in `paths.run_dir`; returns a short summary for sweeps."""
     from vt_eval.plan import resolve_rank
     from vt_eval.runner import evaluate
+    from vt_model.engines import resolve_device
 
     run_dir = Path(cfg.paths.run_dir)
     rank, world_size = resolve_rank(cfg.eval.rank, cfg.eval.world_size)
@@ -113,6 +139,7 @@ def run(cfg: Any) -> dict[str, Any]:
         paper_model=cfg.get("paper_model"),
         weights_cache=cfg.eval.get("weights_cache"),
         engine_options=_container(cfg.eval.get("engine_options")),
+        **build_faithfulness(cfg, resolve_device(cfg.eval.device, rank, world_size)),
     )
     summary = {
         "run_dir": str(run_dir),

@@ -6,9 +6,11 @@ against the current records (a corrected gold answer or a scorer fix reaches kep
 duplicates, retried decode failures, old scores).
 
 `results.json` is the manifest without the plan, plus `summary` (`vt_eval.metrics.aggregate` over the
-`ok` lines, with the counts), `counts` {planned, done, failed_decode, missing}, `failed` (key, path,
-error), `complete`, and `run` (timings and per-rank invocation stats from `rank{r}-of-{w}.json`: the
-only fields that differ between an interrupted-and-resumed run and an uninterrupted one).
+`ok` lines, with the counts, and the faithfulness passes' `clue_sufficiency` and `reliance` read from
+their own files: vt_eval.faithfulness, vt_eval.reliance), `counts` {planned, done, failed_decode,
+missing}, `failed` (key, path, error), `complete`, and `run` (timings and per-rank invocation stats
+from `rank{r}-of-{w}.json`: the only fields that differ between an interrupted-and-resumed run and an
+uninterrupted one).
 
 A rank that finishes merges when every planned sample is accounted for, so the last rank to finish
 writes the complete results; `merge(out_dir)` (`vt-eval merge DIR`) does it by hand.
@@ -26,8 +28,10 @@ from pathlib import Path
 from typing import Any
 
 from vt_data.files import write_json_atomic, write_jsonl_atomic
+from vt_eval.faithfulness import clue_summary
 from vt_eval.metrics import aggregate
 from vt_eval.predictions import PREDICTIONS, SUPERSEDED, prediction_files, read_predictions
+from vt_eval.reliance import reliance_summary
 from vt_eval.run_identity import MANIFEST
 
 log = logging.getLogger("vt_eval")
@@ -98,6 +102,9 @@ def merge(
         "missing": len(missing),
     }
     summary = aggregate(rows, metric=manifest["benchmark"]["metric"])
+    faithfulness = manifest.get("faithfulness") or {}
+    summary["clue_sufficiency"] = clue_summary(out_dir, rows, faithfulness.get("clue_checker"))
+    summary["reliance"] = reliance_summary(out_dir, rows, faithfulness.get("reliance"))
     summary["counts"] = counts
     complete = not missing
     results = {k: v for k, v in manifest.items() if k != "samples"}

@@ -49,6 +49,19 @@ Definitions and the choices behind them:
     first free occurrence. With several references the best score is kept (as nltk does).
   Each is averaged over the pairs. nltk's `meteor_score` (also with synonyms) would be the nearest
   well-kept library; it is not installed here.
+- **Grounding that cannot be gamed** (`strict_grounding`, summary key `grounding_strict`): a span is
+  *degenerate* when it has zero length or covers >= 90 % of the video (`vt_data.timespan.is_degenerate`,
+  the temporal-IoU reward's rule): a whole-clip span grounds nothing, yet over an 8-s clip with a 4-s
+  gold segment it scores IoU 0.5, so the rule above passes it at R@0.5. Here degenerate spans never
+  count as hits: per gold span the best IoU over the sample's *non-degenerate* spans (0 without any);
+  mIoU and R@{0.3, 0.5, 0.7} pool the gold spans as above. Gold spans that themselves cover >= 90 % of
+  the video are not graded (a whole-clip span is the right answer there and cannot be told from a
+  do-nothing one) and are counted (`n_gold_whole_clip`). Beside them the degenerate share: degenerate
+  spans / all parsed spans (one with nothing left inside the video counts as degenerate), over every
+  sample except those whose every gold span is whole-clip (samples without gold segments count: the
+  share needs no gold). Without a duration (none
+  in the record, none decoded) only the zero-length rule applies (`n_without_duration`). Per category
+  too, each with the old rule's numbers beside them (`miou_any_span`, `recall@K_any_span`).
 - **Direct grounding** (`direct_grounding`): R@1 at IoU {0.3, 0.5, 0.7} and mIoU of the one span
   parsed from the answer (Charades-STA, ActivityNet Captions), clipped to [0, duration]; an
   unparsable answer scores IoU 0 (as lmms' out-of-range replacement does) and is counted.
@@ -64,7 +77,7 @@ from typing import Any
 
 from vt_data.records import Segment, VideoQA
 from vt_data.scoring import extract_prediction, mra_video_r1, mra_vsibench, rouge_l_f1, score_answer
-from vt_data.timespan import Span, best_ious, clip_span, parse_span, temporal_iou, union_iou
+from vt_data.timespan import Span, best_ious, clip_span, is_degenerate, parse_span, temporal_iou, union_iou
 from vt_data.trace import check_format, extract_number, parse_trace
 
 THRESHOLDS = (0.3, 0.5, 0.7)
@@ -171,15 +184,16 @@ def _clip(span: Span, duration: float | None) -> Span | None:
     return clip_span(span, math.inf if duration is None else duration)
 
 
+def parsed_spans(output: str) -> list[Span]:
+    """Every `<time>` body of `output` that parses, in order, as written (not clipped)."""
+    return [span for tag in parse_trace(output).tags
+            if tag.name == "time" and (span := parse_span(tag.body)) is not None]
+
+
 def predicted_spans(output: str, duration: float | None = None) -> list[Span]:
     """Every `<time>` body of `output` that parses, in order, clipped to [0, duration]; spans with
     nothing left are dropped."""
-    spans = []
-    for tag in parse_trace(output).tags:
-        if tag.name == "time" and (span := parse_span(tag.body)) is not None:
-            if (clipped := _clip(span, duration)) is not None:
-                spans.append(clipped)
-    return spans
+    return [clipped for span in parsed_spans(output) if (clipped := _clip(span, duration)) is not None]
 
 
 def reasoning_grounding(pred_spans: Sequence[Sequence[Span]], gold_spans: Sequence[Sequence[Span]],
@@ -207,6 +221,73 @@ def reasoning_grounding(pred_spans: Sequence[Sequence[Span]], gold_spans: Sequen
         out[f"recall@{k:g}"] = _mean(1.0 if iou >= k else 0.0 for iou in ious)
     out["union_iou"] = _mean(unions)
     return out
+
+
+# --- grounding that cannot be gamed -----------------------------------------------------------------
+DEGENERATE_RULE = ("a span is degenerate when it has zero length or covers >= 90 % of the video; degenerate "
+                   "spans never count as hits (best IoU over the other spans, 0 without any); gold spans "
+                   "covering >= 90 % of the video are not graded")
+
+
+def _strict_block(samples: Sequence[tuple[Sequence[Span], Sequence[Span], float | None, int]],
+                  thresholds: tuple[float, ...]) -> dict[str, Any]:
+    """strict_grounding's numbers for one group of (pred spans, gold spans, duration, empty spans)."""
+    ious: list[float] = []  # [graded gold spans] best IoU over non-degenerate predictions
+    any_ious: list[float] = []  # [all gold spans] the old rule: best IoU over every prediction
+    spans = degenerate = samples_degenerate = without = whole = no_duration = counted = 0
+    for preds, golds, duration, empty in samples:
+        any_ious.extend(best_ious(preds, golds))
+        graded = [g for g in golds if not is_degenerate(g, duration)]
+        whole += len(golds) - len(graded)
+        if golds and not graded:
+            continue  # every gold span is the whole clip: nothing here tells a real span from a lazy one
+        counted += 1
+        no_duration += duration is None
+        flags = [is_degenerate(p, duration) for p in preds]
+        spans += len(flags) + empty
+        degenerate += sum(flags) + empty
+        without += not preds and not empty
+        samples_degenerate += bool(flags or empty) and all(flags)
+        ious.extend(best_ious([p for p, bad in zip(preds, flags, strict=True) if not bad], graded))
+    out: dict[str, Any] = {
+        "n_samples": counted, "n_spans": spans, "n_degenerate": degenerate,
+        "degenerate_share": degenerate / spans if spans else None,
+        "samples_all_degenerate": samples_degenerate, "samples_without_spans": without,
+        "n_without_duration": no_duration, "n_gold_spans": len(ious), "n_gold_whole_clip": whole,
+        "miou": _mean(ious),
+    }
+    for k in thresholds:
+        out[f"recall@{k:g}"] = _mean(1.0 if iou >= k else 0.0 for iou in ious)
+    out["miou_any_span"] = _mean(any_ious)
+    for k in thresholds:
+        out[f"recall@{k:g}_any_span"] = _mean(1.0 if iou >= k else 0.0 for iou in any_ious)
+    return out
+
+
+def strict_grounding(pred_spans: Sequence[Sequence[Span]], gold_spans: Sequence[Sequence[Span]],
+                     durations: Sequence[float | None], categories: Sequence[str | None] | None = None,
+                     empty_spans: Sequence[int] | None = None,
+                     thresholds: Iterable[float] = THRESHOLDS) -> dict[str, Any]:
+    """Grounding of the reasoning that a degenerate span cannot pass, and the degenerate-span share
+    (module doc), overall and per category.
+
+    pred_spans: [N][P_i] predicted spans (clipped); gold_spans: [N][G_i] (G_i may be 0: only the
+    degenerate share then); durations: [N] seconds or None; categories: [N] names or None;
+    empty_spans: [N] parsed spans that clipping left empty (zero length, outside the video): degenerate.
+    Returns {"rule", counts, "degenerate_share", "miou", "recall@K"..., "miou_any_span",
+    "recall@K_any_span"..., "per_category": {name: the same without rule}}; scores None when empty."""
+    if not len(pred_spans) == len(gold_spans) == len(durations):
+        raise ValueError(f"{len(pred_spans)} predictions, {len(gold_spans)} gold span lists and "
+                         f"{len(durations)} durations")
+    thresholds = tuple(thresholds)
+    empty_spans = list(empty_spans) if empty_spans is not None else [0] * len(pred_spans)
+    samples = list(zip(pred_spans, gold_spans, durations, empty_spans, strict=True))
+    groups: dict[str, list] = defaultdict(list)
+    for i, sample in enumerate(samples):
+        if categories is not None and categories[i] is not None:
+            groups[categories[i]].append(sample)
+    return {"rule": DEGENERATE_RULE, **_strict_block(samples, thresholds),
+            "per_category": {name: _strict_block(group, thresholds) for name, group in groups.items()}}
 
 
 # --- captions --------------------------------------------------------------------------------------
@@ -414,7 +495,9 @@ def score_sample(output: str, record: VideoQA, *, category: str | None = None,
     Keys: key, problem_type, category, prediction / prediction_lenient (letter, number, text or
     [start, end]), score / score_lenient (`score_answer` strict / lenient, `mra_variant` for
     regression), valid_trace; regression adds mra {variant: score}; grounding records add gold_span,
-    duration; records with segments add pred_spans, gold_spans, union_iou and caption_pairs."""
+    duration; other records add pred_spans, empty_spans (parsed spans with nothing left inside the
+    video: zero length or outside it) and duration (the degenerate-span share), and those with segments
+    gold_spans, union_iou and caption_pairs."""
     kind = record.problem_type
     row: dict[str, Any] = {"key": record.key, "problem_type": kind, "category": category}
     for mode, suffix in (("strict", ""), ("lenient", "_lenient")):
@@ -430,10 +513,14 @@ def score_sample(output: str, record: VideoQA, *, category: str | None = None,
     if kind == "grounding":
         row["gold_span"] = _span_list(parse_span(record.gold or ""))
         row["duration"] = record.duration
-    elif record.segments:
-        spans = predicted_spans(output, record.duration)
+        return row
+    parsed = parsed_spans(output)
+    spans = [clipped for span in parsed if (clipped := _clip(span, record.duration)) is not None]
+    row["pred_spans"] = [list(s) for s in spans]
+    row["empty_spans"] = len(parsed) - len(spans)
+    row["duration"] = record.duration
+    if record.segments:
         golds = [(s.start, s.end) for s in record.segments]
-        row["pred_spans"] = [list(s) for s in spans]
         row["gold_spans"] = [list(s) for s in golds]
         row["union_iou"] = union_iou(spans, golds)
         row["caption_pairs"] = [list(p) for p in pair_captions(predicted_steps(output, record.duration),
@@ -447,7 +534,8 @@ def aggregate(rows: Sequence[Mapping[str, Any]], *, metric: str = "accuracy") ->
     Always: n, accuracy (strict) and accuracy_lenient with per-category breakdowns, valid_trace_rate.
     metric "vsi_bench" adds `vsi_bench` (the official macro overall); "grounding" adds
     `direct_grounding`. Rows with regression add `mra`; rows with gold segments add `grounding`
-    (of the reasoning) and `captions`."""
+    (of the reasoning) and `captions`; rows with predicted spans (`pred_spans`) add `grounding_strict`
+    (`strict_grounding`; a row's duration is the record's, else the decoded video's `video_duration`)."""
     categories = [r.get("category") for r in rows]
     strict = accuracy_summary([r["score"] for r in rows], categories)
     lenient = accuracy_summary([r["score_lenient"] for r in rows], categories)
@@ -479,4 +567,11 @@ def aggregate(rows: Sequence[Mapping[str, Any]], *, metric: str = "accuracy") ->
         pairs = [tuple(p) for r in with_segments for p in r.get("caption_pairs", [])]
         if pairs:
             summary["captions"] = caption_scores(pairs)
+    traced = [r for r in rows if "pred_spans" in r]
+    if traced:
+        summary["grounding_strict"] = strict_grounding(
+            [[tuple(s) for s in r["pred_spans"]] for r in traced],
+            [[tuple(s) for s in r.get("gold_spans") or []] for r in traced],
+            [r.get("duration") or r.get("video_duration") for r in traced],
+            [r.get("category") for r in traced], [int(r.get("empty_spans") or 0) for r in traced])
     return summary

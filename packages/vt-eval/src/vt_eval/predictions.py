@@ -12,6 +12,10 @@ Resume: a sample is done when some predictions file in the run directory holds a
 key and its current prompt hash (`done_ids`). A rerun truncates a torn last line of its own file (a
 crash mid-write; a bad line followed by good ones is corruption and raises: `read_predictions`), skips
 what is done, retries failed decodes, and appends the rest.
+
+The faithfulness passes (vt_eval.faithfulness, vt_eval.reliance) keep their own files beside these, named
+and written the same way (`shard_name`, `PredictionWriter`, `read_predictions`, `shard_files`):
+`clues.jsonl` / `clues.rank{r}-of-{w}.jsonl` and `reliance.jsonl` / `reliance.rank{r}-of-{w}.jsonl`.
 """
 
 from __future__ import annotations
@@ -30,8 +34,13 @@ PREDICTIONS = "predictions.jsonl"
 SUPERSEDED = "predictions.superseded.jsonl"
 
 
+def shard_name(stem: str, rank: int, world_size: int) -> str:
+    """`<stem>.jsonl` for one process, `<stem>.rank{r}-of-{w}.jsonl` for rank r of w."""
+    return f"{stem}.jsonl" if world_size == 1 else f"{stem}.rank{rank}-of-{world_size}.jsonl"
+
+
 def predictions_name(rank: int, world_size: int) -> str:
-    return PREDICTIONS if world_size == 1 else f"predictions.rank{rank}-of-{world_size}.jsonl"
+    return shard_name("predictions", rank, world_size)
 
 
 @dataclass
@@ -102,11 +111,16 @@ class PredictionWriter:
         self._fh.close()
 
 
+def shard_files(out_dir: Path, stem: str) -> list[Path]:
+    """`<stem>.jsonl` first, then its rank files in name order (a fixed order for the merge)."""
+    ranks = sorted(p for p in out_dir.glob(f"{stem}.rank*-of-*.jsonl"))
+    single = out_dir / f"{stem}.jsonl"
+    return ([single] if single.is_file() else []) + ranks
+
+
 def prediction_files(out_dir: Path) -> list[Path]:
     """predictions.jsonl first, then the rank files in name order (a fixed order for the merge)."""
-    ranks = sorted(p for p in out_dir.glob("predictions.rank*-of-*.jsonl"))
-    single = out_dir / PREDICTIONS
-    return ([single] if single.is_file() else []) + ranks
+    return shard_files(out_dir, "predictions")
 
 
 def done_ids(out_dir: Path) -> set[tuple[str, str]]:
@@ -119,13 +133,26 @@ def done_ids(out_dir: Path) -> set[tuple[str, str]]:
     return done
 
 
+def ok_lines(out_dir: Path) -> dict[tuple[str, str], dict[str, Any]]:
+    """(key, prompt_hash) -> the first `ok` line for it over every predictions file (the merge's order)."""
+    lines: dict[tuple[str, str], dict[str, Any]] = {}
+    for path in prediction_files(out_dir):
+        for row in read_predictions(path).rows:
+            if row.get("status") == "ok":
+                lines.setdefault((row["key"], row["prompt_hash"]), row)
+    return lines
+
+
 __all__ = [
     "PREDICTIONS",
     "SUPERSEDED",
     "PredictionWriter",
     "ReadResult",
     "done_ids",
+    "ok_lines",
     "prediction_files",
     "predictions_name",
     "read_predictions",
+    "shard_files",
+    "shard_name",
 ]

@@ -12,7 +12,11 @@ runs' common folder + /report):
   columns our runs have, then a details table and the plots.
 - `table.csv`: the same wide table as numbers (paper rows marked in `source`).
 - `runs.csv`: one row per run: counts, strict / lenient accuracy, valid-trace rate, grounding of the
-  reasoning, protocol settings, paper value and difference, directory.
+  reasoning, its faithfulness (degenerate-span share, grounding without degenerate spans, clue
+  sufficiency, reliance), protocol settings, paper value and difference, directory.
+- `faithfulness.csv`: per run and category, the faithfulness numbers of table.md's "Faithfulness"
+  section (vt_eval.tables.faithfulness_rows), which states how each was measured. Both only when some
+  run measured them (results written before they existed have none).
 - `plots/*.png`: accuracy per category, and the IoU histogram of the model's own `<time>` spans
   (vt_eval.plots; skipped with a warning when matplotlib is missing).
 """
@@ -33,8 +37,13 @@ from vt_eval.merge import RESULTS
 from vt_eval.paper import DEFAULT_PAPER_ROWS, PAPER_COLUMNS, PAPER_SOURCE, PAPER_TABLE1
 from vt_eval.tables import (
     EXCEL_LINE_END,
+    FAITHFULNESS_COLUMNS,
+    FAITHFULNESS_TITLES,
     Run,
     csv_text,
+    faithfulness_cell,
+    faithfulness_notes,
+    faithfulness_rows,
     markdown_document,
     markdown_table_lines,
     number,
@@ -45,6 +54,10 @@ from vt_eval.tables import (
 )
 
 log = logging.getLogger("vt_eval")
+
+# Summary keys of the faithfulness measures; runs.csv prefixes their benchmark-wide numbers.
+FAITHFULNESS_KEYS = ("grounding_strict", "clue_sufficiency", "reliance")
+FAITHFULNESS_PREFIX = "faithfulness/"
 
 
 def find_runs(paths: Iterable[str | os.PathLike]) -> list[Path]:
@@ -130,6 +143,8 @@ def run_record(run: Run) -> dict[str, Any]:
     res, summary = run.results, run.results["summary"]
     counts = res.get("counts", {})
     grounding = summary.get("grounding") or {}
+    overall = faithfulness_rows(summary, run.accuracy_key)[0]
+    clues = summary.get("clue_sufficiency") or {}
     direct = summary.get("direct_grounding") or {}
     protocol = res["protocol"]
     paper = run.paper_accuracy
@@ -147,6 +162,9 @@ def run_record(run: Run) -> dict[str, Any]:
         "reasoning_miou": percent(grounding.get("miou")),
         "reasoning_r@0.3": percent(grounding.get("recall@0.3")),
         "reasoning_r@0.5": percent(grounding.get("recall@0.5")),
+        # The benchmark-wide faithfulness numbers (the "all" row of the Faithfulness section).
+        **{FAITHFULNESS_PREFIX + c: overall[c] for c in FAITHFULNESS_COLUMNS if c not in ("n", "accuracy")},
+        "clue_checker": clues.get("checker"),
         "direct_grounding_miou": percent(direct.get("miou")),
         "paper_model": run.paper_model,
         "paper_accuracy": paper,
@@ -162,6 +180,49 @@ def run_record(run: Run) -> dict[str, Any]:
         "weights_sha256": res["model"].get("weights_sha256"),
         "directory": str(run.directory),
     }
+
+
+
+
+def _measured(run: Run) -> bool:
+    return any(run.results["summary"].get(k) for k in FAITHFULNESS_KEYS)
+
+
+def faithfulness_records(runs: Sequence[Run]) -> list[dict[str, Any]]:
+    """faithfulness.csv: per run and category (vt_eval.tables.faithfulness_rows) with the run's names;
+    runs that measured none of it are left out."""
+    return [{"model": run.label, "protocol": run.protocol, "benchmark": run.benchmark, **row}
+            for run in filter(_measured, runs)
+            for row in faithfulness_rows(run.results["summary"], run.accuracy_key)]
+
+
+def faithfulness_section(runs: Sequence[Run]) -> list[str]:
+    """table.md's "Faithfulness" section: the per-category table, then how each run was measured (no
+    lines when no run measured it)."""
+    records = faithfulness_records(runs)
+    if not records:
+        return []
+    titles = [FAITHFULNESS_TITLES[c] for c in FAITHFULNESS_COLUMNS]
+    header = ["model", "protocol", "benchmark", "category", *titles]
+    rows = ([rec["model"], rec["protocol"], rec["benchmark"], rec["category"],
+             *(faithfulness_cell(c, rec[c]) for c in FAITHFULNESS_COLUMNS)] for rec in records)
+    notes: dict[str, list[str]] = {}
+    for run in filter(_measured, runs):
+        for note in faithfulness_notes(run.results["summary"]):
+            notes.setdefault(note, []).append(f"{run.label} / {run.benchmark}")
+    # A note that holds for every run is said once; others name the runs they hold for.
+    measured = sum(map(_measured, runs))
+    return [
+        "", "## Faithfulness of the model's own clues", "",
+        "Per benchmark and category, in %: the accuracy beside the share of degenerate `<time>` spans, "
+        "grounding in which they never count (and the old mIoU, any span), clue sufficiency (a checker given "
+        "only the question, the options and the model's own `<time>`/`<caption>` clues reaches the correct "
+        "answer / the model's answer) and reliance (the answer changed with the frames of the model's own "
+        "span blacked out / with as many frames elsewhere).", "",
+        *markdown_table_lines(header, rows), "",
+        *(f"- {note}" if len(names) == measured else f"- {note} ({', '.join(names)})"
+          for note, names in notes.items()),
+    ]
 
 
 def span_ious(rows: Iterable[dict[str, Any]]) -> list[float]:
@@ -273,6 +334,7 @@ def write_report(
                 for rec in records
             ),
         ),
+        *faithfulness_section(runs),
     ]
     markdown = markdown_document(
         "vt-eval results",
@@ -297,6 +359,9 @@ def write_report(
     files.append(write_text_atomic(out / "table.csv", table))
     runs_csv = records_csv(records, list(records[0]), lineterminator=EXCEL_LINE_END)
     files.append(write_text_atomic(out / "runs.csv", runs_csv))
+    if faithfulness := faithfulness_records(runs):
+        files.append(write_text_atomic(out / "faithfulness.csv", records_csv(
+            faithfulness, list(faithfulness[0]), lineterminator=EXCEL_LINE_END)))
     for warning in warnings:
         log.warning(warning)
     return {"out_dir": out, "files": files, "warnings": warnings, "runs": [r.directory for r in runs]}
@@ -346,5 +411,7 @@ __all__ = [
     "write_report",
     "span_ious",
     "run_record",
+    "faithfulness_records",
+    "faithfulness_section",
     "main",
 ]

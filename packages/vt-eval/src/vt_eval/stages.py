@@ -24,10 +24,16 @@ Gains (`Δ acc vs <reference>`) are accuracy points of each run over the referen
   seed the reference lacks (e.g. the base model, seed None) is compared with the reference's mean.
 A stage's gain is the mean of its runs' gains.
 
-Files under out_dir, each written atomically: table.md, stages.csv (one row per run), summary.json
-({"reference", "rows", "summary"}), plots/training_loss.png (loss per optimizer step from the
-logs/steps.jsonl of every supervised run), plots/rewards.png (total and per-function reward per GRPO step
-from logs/grpo.jsonl) and plots/accuracy_by_stage.png. A plot without data is skipped, and the result
+Faithfulness (vt_eval.tables.faithfulness_rows): per stage and question type, the accuracy beside the
+degenerate-span share, grounding without degenerate spans, clue sufficiency and reliance, each the mean
+over the stage's runs (seeds), in a table of its own with how each was measured; written only when the
+evaluations measured it.
+
+Files under out_dir, each written atomically: table.md, stages.csv (one row per run), faithfulness.csv
+(per run and category, when measured), summary.json ({"reference", "rows", "summary", "faithfulness"}),
+plots/training_loss.png (loss per optimizer step from the logs/steps.jsonl of every supervised run),
+plots/rewards.png (total and per-function reward per GRPO step from logs/grpo.jsonl) and
+plots/accuracy_by_stage.png. A plot without data is skipped, and the result
 says why.
 """
 
@@ -46,8 +52,13 @@ from vt_eval.merge import RESULTS
 from vt_eval.plots import write_stage_plots
 from vt_eval.tables import (
     CATEGORY_PREFIX,
+    FAITHFULNESS_COLUMNS,
+    FAITHFULNESS_TITLES,
     MISSING,
     Run,
+    faithfulness_cell,
+    faithfulness_notes,
+    faithfulness_rows,
     markdown_document,
     markdown_table_lines,
     number,
@@ -118,12 +129,6 @@ def load_results(run: StageRun) -> Run:
     return read_run(run.eval_dir)
 
 
-def _primary_key(results: Mapping[str, Any]) -> str:
-    """The summary key behind the primary accuracy (vt_eval.runner's rule), so categories match it."""
-    extraction = (results.get("protocol") or {}).get("answer_extraction", "strict")
-    return "accuracy" if extraction == "strict" else "accuracy_lenient"
-
-
 def stage_row(run: StageRun, evaluation: Run) -> dict[str, Any]:
     """One row: stage, label, seed, benchmark, protocol, the metrics in % (METRIC_COLUMNS), `acc/<category>`
     per category, train_seconds, eval_dir and train_dir."""
@@ -143,10 +148,12 @@ def stage_row(run: StageRun, evaluation: Run) -> dict[str, Any]:
         "r@0.5": percent(grounding.get("recall@0.5")),
         "rouge_l": percent(captions.get("rouge_l")),
     }
-    key = _primary_key(evaluation.results)
+    key = evaluation.accuracy_key
     for category, values in (summary.get("per_category") or {}).items():
         row[CATEGORY_PREFIX + category] = percent(values.get(key))
     row["train_seconds"] = run.train_seconds
+    row["faithfulness"] = faithfulness_rows(summary, key)
+    row["faithfulness_notes"] = faithfulness_notes(summary)
     row["eval_dir"] = str(run.eval_dir)
     row["train_dir"] = None if run.train_dir is None else str(run.train_dir)
     return row
@@ -357,6 +364,55 @@ def render_table(rows: Sequence[Mapping[str, Any]], summary: Sequence[Mapping[st
     return "\n".join(["### Per run", "", *per_run, "", "### Mean over seeds", "", *per_stage, "", footnote])
 
 
+# --- faithfulness ------------------------------------------------------------------------------------
+# The columns that exist only where faithfulness was measured (n and accuracy exist in every run).
+_MEASURED = tuple(c for c in FAITHFULNESS_COLUMNS if c not in ("n", "accuracy"))
+
+
+def faithfulness_measured(rows: Sequence[Mapping[str, Any]]) -> bool:
+    """Whether any run has a faithfulness number."""
+    return any(r.get(c) is not None for row in rows for r in row.get("faithfulness") or () for c in _MEASURED)
+
+
+def faithfulness_summary(rows: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
+    """Per stage (first appearance) and category ("all" first): {stage, label, category, runs, and the
+    mean over the stage's runs of each FAITHFULNESS_COLUMNS value (None where no run has it)}."""
+    out = []
+    for stage, indices in _by_stage(rows).items():
+        per_category: dict[str, list[Mapping[str, Any]]] = {}
+        for i in indices:
+            for entry in rows[i].get("faithfulness") or ():
+                per_category.setdefault(entry["category"], []).append(entry)
+        for category, entries in per_category.items():
+            out.append({"stage": stage, "label": rows[indices[0]]["label"], "category": category,
+                        "runs": len(entries),
+                        **{c: _mean(e.get(c) for e in entries) for c in FAITHFULNESS_COLUMNS}})
+    return out
+
+
+def render_faithfulness(rows: Sequence[Mapping[str, Any]], summary: Sequence[Mapping[str, Any]]) -> str:
+    """Markdown: the faithfulness table (mean over seeds, per stage and question type), then how it was
+    measured (each distinct note once)."""
+    titles = [FAITHFULNESS_TITLES[c] for c in FAITHFULNESS_COLUMNS]
+    cells = ([e["label"], e["category"], str(e["runs"]),
+              *(faithfulness_cell(c, e[c]) for c in FAITHFULNESS_COLUMNS)] for e in summary)
+    table = markdown_table_lines(["stage", "question type", "runs", *titles], cells)
+    notes = list(dict.fromkeys(note for row in rows for note in row.get("faithfulness_notes") or ()))
+    intro = ("In %: degenerate `<time>` spans (zero length or >= 90 % of the clip), grounding in which they "
+             "never count (and the old mIoU, any span), clue sufficiency (the clues alone lead a checker to "
+             "the correct answer / to the model's own) and reliance (the answer changes with the model's own "
+             "span blacked out / with as many frames elsewhere).")
+    return "\n".join(["### Faithfulness per question type (mean over seeds)", "", intro, "", *table, "",
+                      *(f"- {note}" for note in notes)])
+
+
+def faithfulness_csv(rows: Sequence[Mapping[str, Any]]) -> str:
+    """faithfulness.csv: one line per run and category."""
+    records = [{"stage": row["stage"], "label": row["label"], "seed": row["seed"], **entry}
+               for row in rows for entry in row.get("faithfulness") or ()]
+    return records_csv(records, ["stage", "label", "seed", "category", *FAITHFULNESS_COLUMNS])
+
+
 # --- the report --------------------------------------------------------------------------------------
 def consistency_warnings(rows: Sequence[Mapping[str, Any]], reference: str) -> list[str]:
     """What makes the stages less comparable than they look: other protocols, other sample counts, no
@@ -401,6 +457,10 @@ def write_stage_report(
     warnings = consistency_warnings(rows, reference)
     plot_files, skipped = write_stage_plots(runs, summary, out / "plots", chance=chance)
     table = render_table(rows, summary)
+    measured = faithfulness_measured(rows)
+    faithfulness = faithfulness_summary(rows) if measured else []
+    if measured:
+        table += "\n\n" + render_faithfulness(rows, faithfulness)
     markdown = markdown_document(
         title or f"Training stages on {rows[0]['benchmark']}",
         "Accuracy, valid trace, mIoU, R@0.5 and ROUGE-L in %; accuracy is the primary accuracy of each "
@@ -413,7 +473,9 @@ def write_stage_report(
     files = [
         write_text_atomic(out / "table.md", markdown),
         write_text_atomic(out / "stages.csv", rows_csv(rows)),
-        write_json_atomic(out / "summary.json", {"reference": reference, "rows": rows, "summary": summary}),
+        write_json_atomic(out / "summary.json", {"reference": reference, "rows": rows, "summary": summary,
+                                                 "faithfulness": faithfulness}),
+        *([write_text_atomic(out / "faithfulness.csv", faithfulness_csv(rows))] if measured else []),
         *plot_files,
     ]
     for warning in warnings:
@@ -421,6 +483,7 @@ def write_stage_report(
     return {
         "table": table,
         "summary": summary,
+        "faithfulness": faithfulness,
         "rows": rows,
         "files": files,
         "skipped": skipped,
@@ -441,6 +504,10 @@ __all__ = [
     "category_columns",
     "numeric_columns",
     "consistency_warnings",
+    "faithfulness_csv",
+    "faithfulness_measured",
+    "faithfulness_summary",
+    "render_faithfulness",
     "rows_csv",
     "write_stage_report",
 ]

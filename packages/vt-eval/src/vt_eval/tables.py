@@ -5,7 +5,10 @@ of one pipeline run (vt_eval.stages) and the benchmark report beside the paper's
 A `Run` is one finished evaluation (its results.json); both reports turn runs into flat rows of numbers
 (percentages rounded with `percent`), render them as Markdown pipe tables (`markdown_table_lines`, a
 missing value shown as "–") and CSV text (`csv_text`, `records_csv`; a missing value is an empty
-field), and lay out their table.md the same way (`markdown_document`).
+field), and lay out their table.md the same way (`markdown_document`). Both show the faithfulness of
+the model's own clues the same way too (`faithfulness_rows`, `faithfulness_notes`): per category, the
+accuracy beside the degenerate-span share, the grounding a degenerate span cannot pass (and the old
+number), clue sufficiency and reliance.
 """
 
 from __future__ import annotations
@@ -57,6 +60,12 @@ class Run:
         return None if value is None else 100.0 * value
 
     @property
+    def accuracy_key(self) -> str:
+        """The summary key behind the primary accuracy (vt_eval.merge's rule), so categories match it."""
+        extraction = (self.results.get("protocol") or {}).get("answer_extraction", "strict")
+        return "accuracy" if extraction == "strict" else "accuracy_lenient"
+
+    @property
     def paper_model(self) -> str | None:
         return paper_model(self.results["model"].get("paper_model")) or paper_model(self.label)
 
@@ -89,6 +98,98 @@ def percent(fraction: float | None) -> float | None:
 def number(value: float | None, digits: int = 2) -> str:
     """A table cell: the value with `digits` decimals, "–" when missing."""
     return MISSING if value is None else f"{value:.{digits}f}"
+
+
+# --- faithfulness ------------------------------------------------------------------------------------
+FAITHFULNESS_COLUMNS = ("n", "accuracy", "degenerate", "miou_strict", "r@0.5_strict", "miou_any_span",
+                        "clue_sufficient", "clue_agrees", "reliance_n", "reliance_own", "reliance_control",
+                        "reliance_overlap")
+FAITHFULNESS_TITLES = {
+    "n": "n",
+    "accuracy": "accuracy",
+    "degenerate": "degenerate spans",
+    "miou_strict": "mIoU (no degenerate)",
+    "r@0.5_strict": "R@0.5 (no degenerate)",
+    "miou_any_span": "mIoU (any span)",
+    "clue_sufficient": "clues → correct",
+    "clue_agrees": "clues → its answer",
+    "reliance_n": "reliance n",
+    "reliance_own": "changed: own span masked",
+    "reliance_control": "changed: control masked",
+    "reliance_overlap": "control overlap",
+}
+ALL = "all"
+
+
+def _block(summary: Mapping[str, Any], key: str, category: str | None) -> Mapping[str, Any]:
+    block = summary.get(key) or {}
+    if category is not None:
+        block = (block.get("per_category") or {}).get(category) or {}
+    return block
+
+
+def faithfulness_rows(summary: Mapping[str, Any], accuracy_key: str = "accuracy") -> list[dict[str, Any]]:
+    """One row per category ("all" first, then the summary's categories) of a results summary: the
+    FAITHFULNESS_COLUMNS, in % (n and reliance_n are counts); None where the run has no such number
+    (no spans, no checker, reliance off)."""
+    categories = [None, *(summary.get("per_category") or {})]
+    rows = []
+    for category in categories:
+        accuracy = (summary.get(accuracy_key) if category is None
+                    else (summary["per_category"].get(category) or {}).get(accuracy_key))
+        n = summary.get("n") if category is None else summary["per_category"][category].get("n")
+        strict = _block(summary, "grounding_strict", category)
+        clues = _block(summary, "clue_sufficiency", category)
+        reliance = _block(summary, "reliance", category)
+        rows.append({
+            "category": ALL if category is None else category,
+            "n": n,
+            "accuracy": percent(accuracy),
+            "degenerate": percent(strict.get("degenerate_share")),
+            "miou_strict": percent(strict.get("miou")),
+            "r@0.5_strict": percent(strict.get("recall@0.5")),
+            "miou_any_span": percent(strict.get("miou_any_span")),
+            "clue_sufficient": percent(clues.get("sufficient")),
+            "clue_agrees": percent(clues.get("agrees_with_model")),
+            "reliance_n": reliance.get("n"),
+            "reliance_own": percent(reliance.get("own_changed")),
+            "reliance_control": percent(reliance.get("control_changed")),
+            "reliance_overlap": percent(reliance.get("control_overlap")),
+        })
+    return rows
+
+
+def faithfulness_notes(summary: Mapping[str, Any]) -> list[str]:
+    """How to read the faithfulness numbers of one summary: the degenerate-span rule, the clue checker
+    (or why clue sufficiency is off), the reliance subset (or why it is off)."""
+    notes = []
+    if rule := (summary.get("grounding_strict") or {}).get("rule"):
+        notes.append(f"Grounding: {rule}.")
+    clues = summary.get("clue_sufficiency") or {}
+    if clues.get("status") == "on":
+        notes.append(f"Clue sufficiency: checker {clues['checker']}, given the {clues['checker_inputs']}; "
+                     "an output without clues counts as insufficient.")
+    else:
+        notes.append(f"Clue sufficiency off: {clues.get('reason', 'not computed for this run')}.")
+    reliance = summary.get("reliance") or {}
+    if reliance.get("status") == "on":
+        subset = reliance.get("subset") or {}
+        every, limit = subset.get("every") or 1, subset.get("limit")
+        which = "every sample" if every == 1 else f"the samples whose plan index is a multiple of {every}"
+        notes.append(f"Reliance: {reliance.get('masking')} (control overlap: the share of its frames inside "
+                     f"the own mask); on {which}" + ("" if limit is None else f", the first {limit} of them")
+                     + "; outputs without a span, or whose span holds no sampled frame, are not re-asked "
+                       "(reliance n counts the re-asked ones).")
+    else:
+        notes.append(f"Reliance off: {reliance.get('reason', 'not computed for this run')}.")
+    return notes
+
+
+def faithfulness_cell(column: str, value: Any) -> str:
+    """A faithfulness table cell: counts as integers, percentages with two decimals, "–" when missing."""
+    if column in ("n", "reliance_n"):  # counts
+        return MISSING if value is None else f"{value:g}"
+    return number(value)
 
 
 # --- Markdown ----------------------------------------------------------------------------------------
@@ -146,9 +247,14 @@ def records_csv(
 __all__ = [
     "CATEGORY_PREFIX",
     "EXCEL_LINE_END",
+    "FAITHFULNESS_COLUMNS",
+    "FAITHFULNESS_TITLES",
     "MISSING",
     "Run",
     "csv_text",
+    "faithfulness_cell",
+    "faithfulness_notes",
+    "faithfulness_rows",
     "markdown_document",
     "markdown_table_lines",
     "number",

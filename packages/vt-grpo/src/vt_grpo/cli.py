@@ -57,6 +57,7 @@ def _train(cfg: Any) -> dict[str, Any]:
     )
     from vt_model.training.checkpointing import AtomicCheckpoint, checkpoints_last
     from vt_model.training.export import export_hf
+    from vt_model.training.resilience import fit
 
     run_dir = Path(cfg.paths.run_dir)
     print_and_save_config(cfg, run_dir)
@@ -96,7 +97,8 @@ def _train(cfg: Any) -> dict[str, Any]:
         # The ticket stream is endless and sized by max_steps; Lightning's heuristics about it do not apply.
         warnings.filterwarnings("ignore", message=".*does not have many workers.*")
         warnings.filterwarnings("ignore", message=".*IterableDataset.*__len__.*")
-        trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path, weights_only=True)
+        # Preemption signals -> a checkpoint and exit 75; a lost rank -> RankLostError (resilience).
+        fit(trainer, module, datamodule=datamodule, ckpt_path=ckpt_path, weights_only=True)
 
     exported = None
     if cfg.get("export", True):

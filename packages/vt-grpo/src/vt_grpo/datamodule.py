@@ -48,14 +48,16 @@ class PromptCollator:
     max_prompt_length: int | None = None
 
     def __call__(self, samples: Sequence[dict[str, Any]]) -> dict[str, Any]:
-        from vt_model.processing import preprocess_video
+        from vt_model.families import get_family
         from vt_model.prompts import encode_prompt, record_label
 
         if len(samples) != 1:
             raise ValueError(f"the prompt loader yields one prompt per item, got {len(samples)}")
         sample = samples[0]
         record, clip = sample["record"], sample["clip"]
-        video = preprocess_video(clip.frames, clip.timestamps, self.processor)
+        # the model family the processor settings belong to (`model.family` in the config)
+        family = get_family(self.processor.family)
+        video = family.preprocess_video(clip.frames, clip.timestamps, self.processor)
         prompt = encode_prompt(
             self.tokenizer,
             record,

@@ -15,7 +15,8 @@ feed μ updates), one method per stage:
 4. `_step_metrics` and `_log_step`: the step's scalars, logged under `train/`.
 
 The module receives objects (style.md H4): the policy model (or a factory), optimizer and scheduler
-factories, the tokenizer (or a factory), the `RewardSet` and the `GRPOSettings`.
+factories, the tokenizer (or a factory), the `RewardSet`, the `GRPOSettings` and the rollout engine (or
+a factory; `vt_grpo.rollout_engines`: hf by default, vllm by config).
 
 Reference policy and generation under ZeRO-3: `vt_grpo.policy`. The policy is built in `setup`, not in
 `configure_model`, so that the reference copy is made before the strategy wraps the model (see `setup`).
@@ -32,6 +33,7 @@ into the strategy's config as `gradient_clipping` in `setup`, before the engine 
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import time
 from collections.abc import Callable, Mapping, Sequence
@@ -55,6 +57,7 @@ from vt_grpo.rollout import (
     sample_groups,
     score_groups,
 )
+from vt_grpo.rollout_engines import RolloutEngine, build_rollout_engine
 from vt_grpo.settings import GRPOSettings
 from vt_model.training.streaming import STREAM_STATE
 
@@ -80,7 +83,8 @@ class GRPOModule(pl.LightningModule):
     rewards: a RewardSet or its weights mapping (None: the paper's accuracy + format).
     settings: GRPOSettings or its fields. reference: "auto" (LoRA: adapter disabled; else: a frozen
     copy), "adapter_disabled" or "copy". completions_to_show: completions returned per step for the
-    readable table (vt_grpo.callbacks.CompletionTable).
+    readable table (vt_grpo.callbacks.CompletionTable). rollout_engine: a RolloutEngine, a factory of
+    one, "hf" / "vllm", or None (hf); built with the policy in `setup`.
     """
 
     def __init__(
@@ -94,6 +98,7 @@ class GRPOModule(pl.LightningModule):
         settings: GRPOSettings | Mapping[str, Any] | None = None,
         reference: str = "auto",
         completions_to_show: int = 4,
+        rollout_engine: RolloutEngine | Callable[[], RolloutEngine] | str | None = None,
     ):
         super().__init__()
         self.automatic_optimization = False
@@ -111,6 +116,9 @@ class GRPOModule(pl.LightningModule):
         )
         self.reference_mode = check_reference_mode(reference)
         self.completions_to_show = completions_to_show
+        # Built with the policy (`_build`): a vLLM engine takes GPU memory on its own rank.
+        self._rollout_engine_spec = rollout_engine
+        self.rollout_engine: RolloutEngine | None = None
         # Built with the policy (`_build`); a plain object, so its frozen copy is no submodule
         # (vt_grpo.policy).
         self.reference_policy: ReferencePolicy | None = None
@@ -138,6 +146,8 @@ class GRPOModule(pl.LightningModule):
             self.model = self._model_factory()
         if self.tokenizer is None:
             self.tokenizer = self._tokenizer_factory()
+        if self.rollout_engine is None:
+            self.rollout_engine = build_rollout_engine(self._rollout_engine_spec)
         if self.reference_policy is None:
             self.reference_policy = ReferencePolicy.for_policy(
                 self.model, mode=self.reference_mode, needed=self.settings.uses_reference
@@ -220,10 +230,13 @@ class GRPOModule(pl.LightningModule):
         return groups
 
     def _generate(self, items: Sequence[PromptItem]) -> list[Group]:
-        """G completions per prompt sampled from the current policy: the one place the module generates,
-        so a different rollout engine is called from here (under ZeRO-3 on gathered parameters)."""
-        with gathered_for_generation(self.model, self.trainer.model):
-            return sample_groups(self.model, self.tokenizer, items, self.settings)
+        """G completions per prompt sampled from the current policy by the rollout engine: the one place
+        the module generates (under ZeRO-3 on gathered parameters when the engine reads them)."""
+        engine = self.rollout_engine
+        gathered = (gathered_for_generation(self.model, self.trainer.model) if engine.reads_policy_weights
+                    else contextlib.nullcontext())
+        with gathered:
+            return sample_groups(self.model, self.tokenizer, items, self.settings, engine=engine)
 
     @property
     def _pad_id(self) -> int:
@@ -287,6 +300,9 @@ class GRPOModule(pl.LightningModule):
                 scheduler.step()
             sums["loss"] += update_loss
         policy.eval()
+        # The next rollout must sample from the updated policy: an engine holding its own copy of the
+        # weights (vLLM) loads them now; the hf engine reads the live parameters and does nothing.
+        self.rollout_engine.after_update(self.model, self.trainer.model)
         return sums, grad_norms
 
     def _micro_batch_loss(
@@ -456,6 +472,7 @@ class GRPOModule(pl.LightningModule):
         )
         if rollout.rollout_logprobs is not None and self.settings.temperature == 1.0:
             out["rollout_logp_gap_max"] = sums["logp_gap"]
+        out.update(self.rollout_engine.stats())  # e.g. the vLLM engine's weight-sync seconds
         return out
 
     def _completion_rows(self, collection: Collection, rollout: RolloutBatch) -> list[dict[str, Any]]:

@@ -16,9 +16,19 @@ Built in (method.md §8.1: the paper's reward is accuracy + format, a plain sum)
   sample's gold segments of the best IoU of the generated `<time>` spans (`best_ious`, the
   Video-Thinker grounding rule). Guards against hacking it: 0 unless the format is valid; 0 when the
   sample has no segments or no duration (whole-video spans cannot be recognised without it);
-  degenerate spans earn nothing (zero length, or covering >= 90 % of the video, a threshold that
-  lets a genuinely long gold segment be matched by a long span while the whole video never is);
-  more than `max_spans` (8) usable spans score 0, so tiling the video with many spans does not pay.
+  degenerate spans earn nothing (`vt_data.timespan.is_degenerate`: zero length, or covering >= 90 % of
+  the video, a threshold that lets a genuinely long gold segment be matched by a long span while the
+  whole video never is); more than `max_spans` (8) usable spans score 0, so tiling the video with many
+  spans does not pay.
+- `clue` [0, 1] (not in the paper; off by default): clue sufficiency (vt_data.clues), 1 when a checker
+  given only the question, the options and the completion's own `<time>`/`<caption>` clues (no video,
+  no `<think>`, no answer) picks the correct option. The same checkers as the evaluation's metric:
+  `checker="rule_based"` (default; the synthetic set), or any LocalChecker object from config
+  (vt_model.checker.ModelChecker, vt_data.clues.ChatChecker over an OpenAI-compatible endpoint). Guards:
+  0 unless the format is valid; 0 for more than `max_spans` clues (listing every option's caption
+  does not pay); with `grounded=True` also 0 when every span is degenerate (a whole-clip span with the
+  right caption is not evidence of *when*). A checker that fails on a completion scores it 0 (logged as
+  a warning with the count); identical clue sets in one call are asked once.
 
 User rewards: `load_reward("my_pkg.my_rewards:brevity")` imports any function with the signature
 above, no package edit needed; decorate it with `register_reward` to declare its range (otherwise
@@ -34,6 +44,7 @@ from __future__ import annotations
 
 import functools
 import importlib
+import logging
 import math
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
@@ -43,16 +54,16 @@ import torch
 
 from vt_data.records import VideoQA
 from vt_data.scoring import score_answer
-from vt_data.timespan import best_ious
+from vt_data.timespan import best_ious, is_degenerate
 from vt_data.trace import check_format
+
+log = logging.getLogger("vt_grpo")
 
 RewardFn = Callable[..., list[float]]  # (completions: list[str], samples: list[VideoQA], **options)
 
 # A bound well above the longest useful trace (≈ 1,500 tokens at ~4 characters per token; eval
 # allows 1,024 new tokens) so it only bites on runaway outputs; rollouts truncate by tokens anyway.
 DEFAULT_MAX_CHARS = 6000
-# Spans at least this share of the video are "the whole video" and earn no IoU.
-WHOLE_VIDEO_FRACTION = 0.9
 DEFAULT_MAX_SPANS = 8
 # The paper's reward (method.md §8.1): accuracy + format, weight 1 each; temporal_iou off.
 DEFAULT_WEIGHTS = {"accuracy": 1.0, "format": 1.0}
@@ -141,8 +152,8 @@ def accuracy_reward(
 
 
 def _usable_spans(spans: Sequence[tuple[float, float]], duration: float) -> list[tuple[float, float]]:
-    """Drop degenerate spans: zero length, or covering >= WHOLE_VIDEO_FRACTION of the video."""
-    return [(s, e) for s, e in spans if e > s and (e - s) < WHOLE_VIDEO_FRACTION * duration]
+    """Drop degenerate spans (`is_degenerate`: zero length, or covering most of the video)."""
+    return [span for span in spans if not is_degenerate(span, duration)]
 
 
 def _temporal_iou_one(text: Any, sample: VideoQA, max_chars: int | None, max_spans: int) -> float:
@@ -165,6 +176,51 @@ def temporal_iou_reward(
 ) -> list[float]:
     """Mean over gold segments of the best IoU of the generated spans (guards: module doc)."""
     return [_temporal_iou_one(c, s, max_chars, max_spans) for c, s in zip(completions, samples, strict=True)]
+
+
+_FAILED = object()  # a checker call that raised (cached like an answer, so it is tried once per call)
+
+
+def _clue_one(text: Any, sample: VideoQA, checker: Any, cache: dict, max_chars: int | None,
+              max_spans: int, grounded: bool) -> float:
+    from vt_data.clues import clue_request
+
+    if not isinstance(text, str) or sample.problem_type != "multiple choice" or not sample.gold:
+        return 0.0
+    check = _format_ok(text, sample, max_chars)
+    if not check.ok:
+        return 0.0
+    request = clue_request(text, sample)
+    if request is None or len(request.evidence) > max_spans:
+        return 0.0
+    if grounded and all(is_degenerate(span, sample.duration) for span in check.trace.spans):
+        return 0.0
+    if request not in cache:
+        try:
+            cache[request] = checker.check(request).answer
+        except Exception:  # noqa: BLE001 -- a reward never raises: a failed check pays nothing
+            cache[request] = _FAILED
+    return 1.0 if cache[request] == sample.gold else 0.0
+
+
+@register_reward("clue", 0.0, 1.0)
+def clue_reward(
+    completions: Sequence[str], samples: Sequence[VideoQA], *, checker: Any = "rule_based",
+    max_chars: int | None = DEFAULT_MAX_CHARS, max_spans: int = DEFAULT_MAX_SPANS, grounded: bool = False,
+) -> list[float]:
+    """1.0 when the completion's clues alone lead the checker to the correct option (module doc)."""
+    from vt_data.clues import build_checker
+
+    checker = build_checker(checker)
+    if checker is None:
+        raise ValueError("the clue reward needs a checker ('rule_based' or a LocalChecker object)")
+    cache: dict = {}  # request -> checker letter: a group often repeats the same clues
+    scores = [_clue_one(c, s, checker, cache, max_chars, max_spans, grounded)
+              for c, s in zip(completions, samples, strict=True)]
+    if failed := sum(answer is _FAILED for answer in cache.values()):
+        log.warning("clue reward: the checker %s failed on %d of %d clue sets (scored 0)",
+                    getattr(checker, "name", checker), failed, len(cache))
+    return scores
 
 
 # --- a weighted set -----------------------------------------------------------------------------

@@ -3,11 +3,12 @@ skipping with adaptive oversampling, and the rollout batch the loss trains on.
 
 Pieces (each usable alone; the Lightning module only calls them in order):
 
-* `sample_groups(model, tokenizer, items, settings)`: `vt_model.generation.generate` with
-  `num_return_sequences=G`, the vision tower run once per prompt (`encode_once=True`), sampling at
-  `settings.temperature` / `top_p` / `top_k`, stopping at `<|im_end|>` (end of turn) or after
-  `max_completion_length` new tokens (then counted as truncated). Also records the sampling policy's
-  per-token log-probs (generate's recorder: raw logits, the vision placeholders excluded).
+* `sample_groups(model, tokenizer, items, settings, engine)`: the rollout engine
+  (`vt_grpo.rollout_engines`; default hf: `vt_model.generation.generate`, the vision tower and the
+  prefill run once per prompt) samples G completions per prompt at `settings.temperature` / `top_p` /
+  `top_k`, stopping at `<|im_end|>` (end of turn) or after `max_completion_length` new tokens (then
+  counted as truncated). Also records the sampling engine's per-token log-probs (raw logits, the
+  vision placeholders excluded), logged beside the training model's, never used in the loss.
 * `score_groups(groups, rewards)`: the weighted `RewardSet` over every completion, plus the accuracy,
   format and temporal-IoU diagnostics that are logged whether or not they are rewarded.
 * `collect_groups(draw, rollout, settings, sync)`: the step's groups. Zero-variance groups (every
@@ -35,7 +36,7 @@ from __future__ import annotations
 import math
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 
@@ -43,6 +44,10 @@ from vt_data.records import VideoQA
 from vt_grpo.advantages import group_advantages
 from vt_grpo.rewards import REGISTRY, RewardSet
 from vt_grpo.settings import GRPOSettings
+from vt_model.collate import video_keys
+
+if TYPE_CHECKING:
+    from vt_grpo.rollout_engines import RolloutEngine
 
 # Diagnostics logged every step whether or not they are part of the reward (accuracy and format rate
 # are how a person reads a GRPO run; temporal IoU only where the sample has ground-truth segments).
@@ -97,31 +102,22 @@ class Group:
 # ------------------------------------------------------------------------------------ generation
 
 
-def sample_groups(model, tokenizer, items: Sequence[PromptItem], settings: GRPOSettings) -> list[Group]:
-    """G completions for each prompt, `settings.generation_chunk` prompts per `generate` call.
+def sample_groups(model, tokenizer, items: Sequence[PromptItem], settings: GRPOSettings,
+                  engine: RolloutEngine | None = None) -> list[Group]:
+    """G completions for each prompt, `settings.generation_chunk` prompts per engine call.
 
-    Runs under no_grad in the model's current mode (the caller puts it in eval mode). The video of
-    each prompt goes through the vision tower once; its features serve all G completions.
+    engine: a `vt_grpo.rollout_engines.RolloutEngine` (default: the hf engine on `model`, one vision
+    pass and one prefill per prompt). Runs under no_grad in the model's current mode (the caller puts
+    it in eval mode).
     """
-    from vt_model.generation import generate
+    from vt_grpo.rollout_engines import HFRolloutEngine
 
+    engine = engine if engine is not None else HFRolloutEngine()
     groups: list[Group] = []
     chunk = settings.generation_chunk
     for start in range(0, len(items), chunk):
         part = list(items[start : start + chunk])
-        out = generate(
-            model,
-            tokenizer,
-            [it.prompt for it in part],
-            num_return_sequences=settings.generations_per_prompt,
-            do_sample=True,
-            temperature=settings.temperature,
-            top_p=settings.top_p,
-            top_k=settings.top_k,
-            max_new_tokens=settings.max_completion_length,
-            return_logprobs=True,
-            encode_once=True,
-        )
+        out = engine.generate(model, tokenizer, [it.prompt for it in part], settings)
         for p, item in enumerate(part):
             groups.append(
                 Group(
@@ -316,8 +312,8 @@ class RolloutBatch:
             "mm_token_type_ids": cols(inputs["mm_token_type_ids"]),
             "position_ids": inputs["position_ids"][:, start:stop, c0:c1],
             "pixel_values_videos": torch.cat([pixels[int(v)] for v in videos], dim=0),
-            "video_grid_thw": inputs["video_grid_thw"][videos],
-            "second_per_grid_ts": inputs["second_per_grid_ts"][videos],
+            # video_grid_thw [V, 3] and the family's other per-video keys (Qwen2.5-VL: second_per_grid_ts)
+            **{key: inputs[key][videos] for key in video_keys(inputs)[1:]},
             "video_index": torch.searchsorted(videos, video_index),
         }
         return replace(
@@ -343,9 +339,9 @@ def build_rollout_batch(
     groups: Sequence[Group], pad_token_id: int, model_config: Any, *, advantage_scale: str = "std"
 ) -> RolloutBatch:
     """Scored groups -> one RolloutBatch (prompts collated with left padding, completions right-padded,
-    position ids by the original M-RoPE rule, advantages per group)."""
+    position ids by the model family's rule (Qwen2.5-VL: the original M-RoPE one), advantages per group)."""
+    from vt_model.families import family_for_config
     from vt_model.generation import GenerationOutput, rollout_batch
-    from vt_model.positions import model_inputs_positions
 
     if not groups:
         raise ValueError("no groups to batch")
@@ -369,10 +365,9 @@ def build_rollout_batch(
     per_row = {
         "input_ids": batch["input_ids"],
         "attention_mask": batch["attention_mask"],
-        "video_grid_thw": batch["video_grid_thw"][video_index],
-        "second_per_grid_ts": batch["second_per_grid_ts"][video_index],
+        **{key: batch[key][video_index] for key in video_keys(batch)[1:]},  # one grid, ... per row
     }
-    batch["position_ids"] = model_inputs_positions(model_config, per_row)["position_ids"]  # [3, N, L]
+    batch["position_ids"] = family_for_config(model_config).position_ids(model_config, per_row)  # [3, N, L]
     completion_mask = completion_mask.bool()
 
     rollout_logprobs = None

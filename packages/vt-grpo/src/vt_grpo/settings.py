@@ -45,6 +45,11 @@ class GRPOSettings:
     max_completion_length: new tokens per completion at most; longer ones are cut (and counted).
     max_prompt_length: prompt tokens (text + video) at most; longer prompts fail loudly in the data.
     temperature / top_p / top_k: rollout sampling (top_p 1.0 and top_k 0 switch those filters off).
+    span_temperature: the sampling temperature of the tokens inside `<time>…</time>` only (None: the
+        rollout temperature everywhere). Exploration for a span reward: a policy that always writes the
+        same span gives a temporal-IoU reward nothing to choose between (vt_model.generation,
+        `span_temperature`). Only the sampling changes: the loss's log-probs are the training model's,
+        recomputed at `temperature`.
     skip_zero_variance: drop zero-variance groups and draw more prompts (module docstring).
     max_prompt_draws_per_step: cap on prompts drawn per step over all ranks (None: 4 × prompts_per_step).
     prompts_per_generation: prompts per `generate` call on one rank (memory; None: the rank's quota).
@@ -68,6 +73,7 @@ class GRPOSettings:
     temperature: float = 1.0
     top_p: float = 1.0
     top_k: int = 0
+    span_temperature: float | None = None
     skip_zero_variance: bool = True
     max_prompt_draws_per_step: int | None = None
     prompts_per_generation: int | None = None
@@ -126,6 +132,8 @@ class GRPOSettings:
             )
         if not self.temperature > 0:
             raise ValueError(f"temperature must be > 0 (rollouts sample), got {self.temperature}")
+        if self.span_temperature is not None and not self.span_temperature > 0:
+            raise ValueError(f"span_temperature must be > 0 or None, got {self.span_temperature}")
         if not 0 < self.top_p <= 1 or self.top_k < 0:
             raise ValueError(
                 f"need 0 < top_p <= 1 and top_k >= 0, got top_p={self.top_p}, top_k={self.top_k}"

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import copy
 import shutil
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -133,6 +134,35 @@ def merged_model(model, *, in_place: bool = False):
     return target.merge_and_unload()
 
 
+def merged_named_tensors(model) -> Iterator[tuple[str, torch.Tensor]]:
+    """(checkpoint name, tensor) of the model as it would be saved with its LoRA deltas merged, one
+    tensor at a time, without touching the trained weights.
+
+    For an inference engine that loads weights by checkpoint name (vLLM's `reload_weights`). Merging in
+    place and unmerging afterwards (peft's merge_adapter / unmerge_adapter) would leave W + BA - BA in
+    the training weights, which in bf16 is not W; here each merged weight is a new tensor
+    (base + the adapter's delta) and the model is left as it was. A plain model yields its state dict.
+    """
+    if not hasattr(model, "get_base_model"):
+        yield from model.state_dict().items()
+        return
+    base = model.get_base_model()
+    adapter = getattr(model, "active_adapter", "default")
+    lora_layers = {name: module for name, module in base.named_modules()
+                   if hasattr(module, "base_layer") and hasattr(module, "get_delta_weight")}
+    for name, tensor in base.state_dict().items():
+        if "lora_" in name:
+            continue
+        owner, _, leaf = name.rpartition(".")
+        if owner.endswith(".base_layer") and owner[: -len(".base_layer")] in lora_layers:
+            layer_name = owner[: -len(".base_layer")]
+            if leaf == "weight":
+                with torch.no_grad():
+                    tensor = tensor + lora_layers[layer_name].get_delta_weight(adapter).to(tensor.dtype)
+            name = f"{layer_name}.{leaf}"
+        yield name, tensor
+
+
 def save_pretrained(model, tokenizer, out_dir: str | Path, merge_lora: bool = True, *,
                     source_dir: str | Path | None = None, in_place: bool = False) -> Path:
     """Write a standalone HF model directory: weights (LoRA merged), config, generation config,
@@ -164,6 +194,6 @@ def trainable_parameter_names(model) -> list[str]:
 
 __all__ = [
     "LM_LINEAR_REGEX", "LoraSettings", "apply_lora", "freeze_vision", "set_vision_trainable",
-    "count_parameters", "lora_parameter_count", "merged_model", "save_pretrained",
+    "count_parameters", "lora_parameter_count", "merged_model", "merged_named_tensors", "save_pretrained",
     "trainable_parameter_names",
 ]

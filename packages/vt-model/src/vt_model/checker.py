@@ -52,8 +52,11 @@ class ModelChecker:
         return self._loaded
 
     def _encode(self, request: CheckRequest, tokenizer) -> dict[str, Any]:
-        from vt_model.processing import VideoProcessorConfig, mm_token_type_ids, preprocess_video
+        from vt_model.families import family_from_pretrained
+        from vt_model.processing import mm_token_type_ids
         from vt_model.prompts import special_ids, tokenize
+
+        family = family_from_pretrained(self.model_path)  # its preprocessing and video layout
 
         content: list[dict[str, Any]] = [{"type": "text", "text": check_prompt(request)}]
         video = None
@@ -61,25 +64,20 @@ class ModelChecker:
             from vt_data.video import read_video
 
             clip = read_video(request.video_path, num_frames=self.num_frames, max_frames=self.num_frames)
-            config = VideoProcessorConfig.from_pretrained(self.model_path)
-            video = preprocess_video(clip.frames, clip.timestamps, config)
+            config = family.video_config_from_pretrained(self.model_path)
+            video = family.preprocess_video(clip.frames, clip.timestamps, config)
             content.insert(0, {"type": "video"})
         messages = [{"role": "system", "content": CHECK_SYSTEM}, {"role": "user", "content": content}]
         text = tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
         ids = special_ids(tokenizer)
-        raw = tokenize(tokenizer, text)
-        if video is not None:
-            from vt_model.processing import expand_video_tokens
-
-            raw = expand_video_tokens(raw, ids.video_pad, [video.num_video_tokens])
+        raw = (tokenize(tokenizer, text) if video is None
+               else family.encode_video_prompt(tokenizer, text, [video]))
         input_ids = torch.tensor(raw, dtype=torch.long)
         prompt = {"input_ids": input_ids, "attention_mask": torch.ones_like(input_ids),
                   "mm_token_type_ids": mm_token_type_ids(input_ids, image_token_id=ids.image_pad,
                                                          video_token_id=ids.video_pad)}
         if video is not None:
-            prompt.update(pixel_values_videos=video.pixel_values_videos,
-                          video_grid_thw=video.video_grid_thw.reshape(1, 3).long(),
-                          second_per_grid_ts=torch.tensor([video.second_per_grid_ts]))
+            prompt.update(family.collate_videos([video]))  # pixels, video_grid_thw (1, 3), ...
         return prompt
 
     def check(self, request: CheckRequest) -> CheckReply:

@@ -1,4 +1,4 @@
-"""SFT example encoding and batch collation for Qwen2.5-VL video samples.
+"""SFT example encoding and batch collation for video samples of any model family (vt_model.families).
 
 Rules this module enforces (method.md §10.1, §10.2; stack.md §3):
   * the loss is on the assistant response only: `record.target` (process + "\\n" + solution) followed by
@@ -7,13 +7,15 @@ Rules this module enforces (method.md §10.1, §10.2; stack.md §3):
     processor-class check;
   * vision tokens are never truncated: a sample over the token budget either fails with a message
     naming the record and the counts, or (on request) is re-preprocessed with fewer frames;
-  * every batch carries `mm_token_type_ids` and `second_per_grid_ts`, and `position_ids` (3, B, L)
-    computed by `vt_model.positions` with the original Qwen2.5-VL rule (always, not only where the
-    installed transformers deviates: the rule is then pinned by our code and golden tests, whatever
-    the transformers version).
+  * every batch carries `mm_token_type_ids`, the family's per-video keys (Qwen2.5-VL's include
+    `second_per_grid_ts`), and `position_ids` (3, B, L) computed by the family's own rule (Qwen2.5-VL:
+    `vt_model.positions`, the original rule; always, not only where the installed transformers
+    deviates: the rule is then pinned by our code and golden tests, whatever the transformers version).
 
-Positions are computed per example (right padding never shifts a sample's ids), so encoding can run in
-DataLoader workers without the model; the one model constant they need, the vision config's
+The family is the one of the video preprocessing settings (`processor_config.family`; a model directory
+names it in its config.json and vt_model.families reads the settings from there). Positions are computed
+per example (right padding never shifts a sample's ids), so encoding can run in DataLoader workers
+without the model; the one model constant Qwen2.5-VL's rule needs, the vision config's
 `tokens_per_second`, is a parameter (2 for every released Qwen2.5-VL and for vt_model.tiny) that
 `check_position_config` compares with a loaded model's config.
 """
@@ -28,8 +30,8 @@ import numpy as np
 import torch
 
 from vt_data.records import VideoQA
-from vt_model.positions import rope_index
-from vt_model.processing import VideoProcessorConfig, preprocess_video
+from vt_model.families import family_for_config, get_family
+from vt_model.processing import VideoProcessorConfig
 from vt_model.prompts import IM_END, PromptTemplate, encode_prompt, record_label, special_ids, tokenize
 
 IGNORE_INDEX = -100
@@ -37,9 +39,12 @@ IGNORE_INDEX = -100
 QWEN25_VL_TOKENS_PER_SECOND = 2.0
 # rope_index leaves padding positions at 1 (as transformers does); padded columns use the same value.
 POSITION_PAD = 1
-# Keys of a collated batch that Qwen2_5_VLForConditionalGeneration.forward takes.
+# Keys of a collated batch that a model's forward takes: the union of every family's model_input_keys
+# (a batch holds only its own family's; tests/test_family_pipeline.py checks the union).
 MODEL_KEYS = ("input_ids", "attention_mask", "labels", "mm_token_type_ids", "position_ids",
               "pixel_values_videos", "video_grid_thw", "second_per_grid_ts")
+# Keys holding one row per video: the union of every family's per_video_keys (checked there too).
+PER_VIDEO_KEYS = ("video_grid_thw", "second_per_grid_ts")
 ON_OVERFLOW = ("error", "reduce_frames")
 
 
@@ -90,26 +95,34 @@ def subsample_frames(num_frames: int, target: int) -> np.ndarray:
     return np.unique(np.round(np.linspace(0, num_frames - 1, target)).astype(np.int64))
 
 
-def example_positions(input_ids: torch.Tensor, video_grid_thw: torch.Tensor, second_per_grid_ts: torch.Tensor,
-                      tokenizer, processor_config: VideoProcessorConfig, *,
+def example_positions(input_ids: torch.Tensor, video: Mapping[str, torch.Tensor], tokenizer,
+                      processor_config: VideoProcessorConfig, *,
                       tokens_per_second: float = QWEN25_VL_TOKENS_PER_SECOND) -> torch.Tensor:
-    """(L,) ids of one sample -> (3, L) position ids by the original Qwen2.5-VL rule."""
+    """(L,) ids of one sample and its video's per-video keys (video_grid_thw (1, 3), ...) -> (3, L)
+    position ids by the rule of the processor config's family, without the model: the token ids come
+    from the tokenizer, the merge size (and Qwen2.5-VL's tokens_per_second) from the arguments."""
     ids = special_ids(tokenizer)
-    position_ids, _ = rope_index(
-        input_ids[None], None, video_grid_thw, second_per_grid_ts,
-        video_token_id=ids.video_pad, image_token_id=ids.image_pad, vision_start_token_id=ids.vision_start,
-        spatial_merge_size=processor_config.merge_size, tokens_per_second=tokens_per_second,
-    )
-    return position_ids[:, 0]  # (3, L)
+    model_config = {
+        "video_token_id": ids.video_pad, "image_token_id": ids.image_pad,
+        "vision_start_token_id": ids.vision_start,
+        "vision_config": {"spatial_merge_size": processor_config.merge_size,
+                          "tokens_per_second": tokens_per_second},
+    }
+    family = get_family(processor_config.family)
+    return family.position_ids(model_config, {"input_ids": input_ids[None], **video})[:, 0]  # (3, L)
 
 
 def check_position_config(model_config: Any, processor_config: VideoProcessorConfig,
                           tokens_per_second: float = QWEN25_VL_TOKENS_PER_SECOND) -> None:
-    """Raise if the constants examples were encoded with disagree with a model's config."""
+    """Raise if the family or the constants examples were encoded with disagree with a model's config."""
+    family = family_for_config(model_config)
+    if family.name != processor_config.family:
+        raise ValueError(f"examples are encoded for the {processor_config.family} family, the model is "
+                         f"{model_config.model_type} ({family.name})")
     vision = model_config.vision_config
-    if float(vision.tokens_per_second) != float(tokens_per_second):
-        raise ValueError(f"examples use tokens_per_second={tokens_per_second}, the model "
-                         f"{vision.tokens_per_second}")
+    model_tps = getattr(vision, "tokens_per_second", None)  # only rules with temporal ids in seconds
+    if model_tps is not None and float(model_tps) != float(tokens_per_second):
+        raise ValueError(f"examples use tokens_per_second={tokens_per_second}, the model {model_tps}")
     if int(vision.spatial_merge_size) != processor_config.merge_size:
         raise ValueError(f"processor merge_size={processor_config.merge_size}, the model "
                          f"{vision.spatial_merge_size}")
@@ -130,11 +143,15 @@ def encode_sft_example(
     """One SFT sample: prompt (with its video) + `record.target` + `<|im_end|>`, labels on the target only.
 
     video: a `vt_data.video.VideoClip`, or uint8 frames (T, H, W, 3) with `timestamps` (T,) seconds.
+    processor_config: the video settings; its family (vt_model.families) preprocesses, lays out the
+    prompt and computes the positions (default: Qwen2.5-VL's paper settings).
     Returns input_ids, attention_mask, labels, mm_token_type_ids (L,), position_ids (3, L),
-    pixel_values_videos (N, 1176), video_grid_thw (1, 3), second_per_grid_ts (1,), and the bookkeeping
-    fields key, num_frames, num_video_tokens, num_prompt_tokens (text + video), num_target_tokens.
+    pixel_values_videos (N, D), the family's per-video keys (Qwen2.5-VL: video_grid_thw (1, 3),
+    second_per_grid_ts (1,)), and the bookkeeping fields key, num_frames, num_video_tokens,
+    num_prompt_tokens (text + video), num_target_tokens.
     """
     processor_config = processor_config or VideoProcessorConfig()
+    family = get_family(processor_config.family)
     ids = special_ids(tokenizer)
     target = record.target
     if not target.strip():
@@ -146,7 +163,7 @@ def encode_sft_example(
     frames, ts = _frames_and_timestamps(video, timestamps)
     attempts: list[str] = []
     while True:
-        video_inputs = preprocess_video(frames, ts, processor_config)
+        video_inputs = family.preprocess_video(frames, ts, processor_config)
         prompt = encode_prompt(tokenizer, record, video_inputs, template, timestamps=ts,
                                include_timestamps=include_timestamps)
         n_prompt, n_target = prompt["input_ids"].numel(), len(target_ids)
@@ -176,17 +193,17 @@ def encode_sft_example(
     mm_types = torch.cat([prompt["mm_token_type_ids"], torch.zeros(n_target, dtype=torch.long)])
     if int(mm_types[n_prompt:].count_nonzero()):
         raise ValueError(f"record {record_label(record)}: the target contains image/video placeholder tokens")
-    position_ids = example_positions(input_ids, prompt["video_grid_thw"], prompt["second_per_grid_ts"],
-                                     tokenizer, processor_config, tokens_per_second=tokens_per_second)
+    video = {key: prompt[key] for key in PER_VIDEO_KEYS if key in prompt}  # (1, 3) grid, ...
+    position_ids = example_positions(input_ids, video, tokenizer, processor_config,
+                                     tokens_per_second=tokens_per_second)
     return {
         "input_ids": input_ids,
         "attention_mask": torch.ones_like(input_ids),
         "labels": labels,
         "mm_token_type_ids": mm_types,
         "position_ids": position_ids,  # (3, L)
-        "pixel_values_videos": prompt["pixel_values_videos"],  # (N, 1176)
-        "video_grid_thw": prompt["video_grid_thw"],  # (1, 3)
-        "second_per_grid_ts": prompt["second_per_grid_ts"],  # (1,)
+        "pixel_values_videos": prompt["pixel_values_videos"],  # (N, D)
+        **video,  # video_grid_thw (1, 3), Qwen2.5-VL's second_per_grid_ts (1,)
         "key": record.key,
         "num_frames": len(frames),
         "num_video_tokens": video_inputs.num_video_tokens,
@@ -213,14 +230,26 @@ def _check_one_video(examples: Sequence[Mapping[str, Any]]) -> None:
                              "expected")
 
 
+def video_keys(batch: Mapping[str, Any]) -> tuple[str, ...]:
+    """The video keys an encoded example or a collated batch holds: pixel_values_videos and its family's
+    per-video keys (none for a text-only prompt)."""
+    if "pixel_values_videos" not in batch:
+        return ()
+    return ("pixel_values_videos", *(key for key in PER_VIDEO_KEYS if key in batch))
+
+
 def _collate_video(examples: Sequence[Mapping[str, Any]]) -> dict[str, torch.Tensor]:
-    """pixel_values_videos (sum N_i, 1176) in sample order, video_grid_thw (B, 3), second_per_grid_ts (B,)."""
+    """pixel_values_videos (sum N_i, D) in sample order, then the per-video keys: video_grid_thw (B, 3),
+    (Qwen2.5-VL) second_per_grid_ts (B,) float32."""
     _check_one_video(examples)
-    return {
-        "pixel_values_videos": torch.cat([ex["pixel_values_videos"] for ex in examples], dim=0),
-        "video_grid_thw": torch.cat([ex["video_grid_thw"].reshape(1, 3) for ex in examples], dim=0),
-        "second_per_grid_ts": torch.cat([ex["second_per_grid_ts"].reshape(1) for ex in examples]).float(),
-    }
+    batch = {"pixel_values_videos": torch.cat([ex["pixel_values_videos"] for ex in examples], dim=0)}
+    for key in video_keys(examples[0])[1:]:
+        rows = [ex[key].reshape(1, *ex[key].shape[1:]) if ex[key].ndim > 1 else ex[key].reshape(1)
+                for ex in examples]
+        batch[key] = torch.cat(rows, dim=0)
+        if batch[key].is_floating_point():
+            batch[key] = batch[key].float()
+    return batch
 
 
 def collate_sft(examples: Sequence[Mapping[str, Any]], pad_token_id: int) -> dict[str, Any]:
@@ -276,4 +305,5 @@ def model_inputs(batch: Mapping[str, Any]) -> dict[str, torch.Tensor]:
 __all__ = [
     "IGNORE_INDEX", "MODEL_KEYS", "TokenBudget", "TokenBudgetError", "encode_sft_example", "collate_sft",
     "collate_prompts", "model_inputs", "subsample_frames", "example_positions", "check_position_config",
+    "PER_VIDEO_KEYS", "video_keys",
 ]

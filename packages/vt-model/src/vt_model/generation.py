@@ -10,10 +10,11 @@ the vision placeholder ids suppressed; stop at <|im_end|> / <|endoftext|>). tran
 cannot share a prefill between the G samples of one prompt: it prefills all B * G rows, which for a
 video prompt is most of the rollout's compute (experiments/perf/rollout_shared_prefill.py).
 
-Positions: our M-RoPE ids (`vt_model.positions`, the original Qwen2.5-VL rule, stack.md §3) are computed
-for the B left-padded prompts and passed to the prefill; since every prompt ends in text, whose three
-components are equal, the t-th new token of a row sits at (last prompt position) + 1 + t in all three
-(no `rope_deltas` bookkeeping: positions are always passed explicitly).
+Positions: our M-RoPE ids (the model family's rule, vt_model.families; for Qwen2.5-VL `vt_model.positions`,
+the original rule, stack.md §3) are computed for the B left-padded prompts and passed to the prefill;
+since every prompt ends in text, whose three components are equal, the t-th new token of a row sits at
+(last prompt position) + 1 + t in all three (no `rope_deltas` bookkeeping: positions are always passed
+explicitly).
 
 The reference path, `prefill="per_completion"`, is transformers' `generate`. How "encode once" works
 there in transformers 5.23 (read in generation/utils.py and modeling_qwen2_5_vl.py):
@@ -22,6 +23,8 @@ there in transformers 5.23 (read in generation/utils.py and modeling_qwen2_5_vl.
   `out.pooler_output` is a sequence of per-video feature tensors (n_tokens_i, hidden) as returned by
   `get_video_features(pixel_values_videos, video_grid_thw)`; the forward then skips the vision tower and
   scatters those rows into the `<|video_pad|>` positions in placeholder order (batch row by batch row).
+  Qwen3-VL's forward takes the same kwarg with its DeepStack features beside them; the family packs both
+  into one tensor per video (`ModelFamily.video_features` / `video_encoder_outputs`).
 * `generate` forwards `mm_encoder_outputs` to the prefill step only
   (MULTIMODAL_INPUTS_TO_DROP_OUTSIDE_PREFILL) and never re-encodes when no pixel values are given.
 * We run the vision tower once on the B prompts' videos, repeat the *feature tensors* (not the pixels)
@@ -54,8 +57,8 @@ from typing import Any
 
 import torch
 
-from vt_model.collate import collate_prompts
-from vt_model.positions import model_inputs_positions
+from vt_model.collate import collate_prompts, video_keys
+from vt_model.families import family_for_config
 from vt_model.prompts import special_ids
 
 
@@ -125,16 +128,27 @@ def _base(model):
 
 def encode_videos(model, pixel_values_videos: torch.Tensor,
                   video_grid_thw: torch.Tensor) -> list[torch.Tensor]:
-    """Run the vision tower (incl. the merger) once: -> one (n_tokens_i, hidden) tensor per video."""
-    out = _base(model).get_video_features(pixel_values_videos, video_grid_thw, return_dict=True)
-    return list(out.pooler_output)
+    """Run the vision tower (incl. the merger) once: -> one tensor per video, (n_tokens_i, hidden) for
+    Qwen2.5-VL (the family's `video_features` says what it packs)."""
+    base = _base(model)
+    return family_for_config(base.config).video_features(base, pixel_values_videos, video_grid_thw)
 
 
-def _video_encoder_outputs(features: Sequence[torch.Tensor]) -> dict[str, Any]:
-    """Per-row video features -> the `mm_encoder_outputs` kwarg of the Qwen2.5-VL forward."""
-    from transformers.modeling_outputs import BaseModelOutputWithPooling
+def _video_encoder_outputs(model, features: Sequence[torch.Tensor]) -> dict[str, Any]:
+    """Per-row video features (`encode_videos`) -> the forward's `mm_encoder_outputs` kwarg."""
+    config = _base(model).config
+    return family_for_config(config).video_encoder_outputs(config, features)
 
-    return {"video": BaseModelOutputWithPooling(pooler_output=list(features))}
+
+def _positions(model, batch: Mapping[str, Any]) -> torch.Tensor:
+    """(3, B, L) position ids by the model family's own rule."""
+    config = _base(model).config
+    return family_for_config(config).position_ids(config, batch)
+
+
+def _video_keys(model) -> tuple[str, ...]:
+    """The batch keys that hold one row per video (the grid, and Qwen2.5-VL's second_per_grid_ts)."""
+    return family_for_config(_base(model).config).per_video_keys
 
 
 def _as_prompt_batch(prompt_batch: Sequence[Mapping[str, Any]] | Mapping[str, Any], pad_token_id: int):
@@ -191,19 +205,58 @@ def _filter_logits(logits: torch.Tensor, *, temperature: float, top_k: int, top_
     return logits
 
 
-def _next_tokens(logits: torch.Tensor, *, do_sample: bool, temperature: float, top_k: int,
+def _next_tokens(logits: torch.Tensor, *, do_sample: bool, temperature: float | torch.Tensor, top_k: int,
                  top_p: float) -> torch.Tensor:
-    """(N, V) float32 logits (placeholders already suppressed) -> (N,) chosen tokens."""
+    """(N, V) float32 logits (placeholders already suppressed) -> (N,) chosen tokens. `temperature` is
+    one number, or (N, 1) per-row temperatures (`_SpanTracker`), applied first as the warper order has it."""
     if not do_sample:
         return logits.argmax(dim=-1)
+    if isinstance(temperature, torch.Tensor):
+        logits, temperature = logits / temperature, 1.0
     probs = _filter_logits(logits, temperature=temperature, top_k=top_k, top_p=top_p).softmax(dim=-1)
     return torch.multinomial(probs, num_samples=1).squeeze(1)
+
+
+class _SpanTracker:
+    """Per row, whether the last `<time>` it emitted is still open (no `</time>` yet), and so its
+    sampling temperature: `span_temperature` inside, `temperature` elsewhere (generate's span_temperature).
+
+    Read from the decoded text, not from token ids: a tag splits into different tokens in different
+    contexts ("<time" + ">" after a newline, " <" + "time" + ">" after a space). Each row keeps only its
+    last len("</time>") - 1 characters, enough to finish a tag split over tokens; the last complete tag
+    in that tail and the new piece decides.
+    """
+
+    OPEN, CLOSE = "<time>", "</time>"
+
+    def __init__(self, tokenizer, rows: int, temperature: float, span_temperature: float, device) -> None:
+        self.tokenizer, self.temperature, self.span_temperature = tokenizer, temperature, span_temperature
+        self.pieces: dict[int, str] = {}  # token id -> its lower-cased text, decoded once
+        self.tails = [""] * rows
+        self.inside = torch.zeros(rows, dtype=torch.bool, device=device)  # (N,)
+
+    def temperatures(self) -> torch.Tensor:
+        """(N, 1) float32 temperature of each row's next token."""
+        return torch.where(self.inside, self.span_temperature, self.temperature).float()[:, None]
+
+    def update(self, tokens: torch.Tensor) -> None:
+        """Advance every row by its chosen token (N,)."""
+        inside = self.inside.tolist()
+        for row, token in enumerate(tokens.tolist()):
+            if token not in self.pieces:
+                self.pieces[token] = self.tokenizer.decode([token]).lower()
+            tail = self.tails[row] + self.pieces[token]
+            opened, closed = tail.rfind(self.OPEN), tail.rfind(self.CLOSE)
+            if opened != closed:  # equal only when neither occurs: the state stays
+                inside[row] = opened > closed
+            self.tails[row] = tail[-(len(self.CLOSE) - 1):]
+        self.inside = torch.tensor(inside, dtype=torch.bool, device=self.inside.device)
 
 
 def _shared_prefill_decode(model, batch: Mapping[str, Any], G: int, *, encoder_outputs: dict | None,
                            suppressed: torch.Tensor, stop_ids: torch.Tensor, pad_id: int,
                            max_new_tokens: int, do_sample: bool, temperature: float, top_k: int,
-                           top_p: float, return_logprobs: bool
+                           top_p: float, return_logprobs: bool, span_tracker: _SpanTracker | None = None
                            ) -> tuple[torch.Tensor, torch.Tensor | None]:
     """Prefill the B prompts ONCE, repeat their KV cache G times, decode the B * G rows.
 
@@ -215,6 +268,7 @@ def _shared_prefill_decode(model, batch: Mapping[str, Any], G: int, *, encoder_o
     of a row sits at (that row's last prompt position) + 1 + t in all three components -- the same ids
     generate derives when it is given position_ids. The KV cache holds each prompt once until the
     repeat: the prefill costs B rows, not B * G (transformers' generate prefills all B * G rows).
+    span_tracker: per-row temperatures inside `<time>` spans (None: `temperature` for every token).
     """
     prefill = model(
         input_ids=batch["input_ids"],
@@ -236,11 +290,15 @@ def _shared_prefill_decode(model, batch: Mapping[str, Any], G: int, *, encoder_o
     token_logprobs: list[torch.Tensor] = []
     for step in range(max_new_tokens):
         logits = logits.index_fill(-1, suppressed, float("-inf"))
-        chosen = _next_tokens(logits, do_sample=do_sample, temperature=temperature, top_k=top_k, top_p=top_p)
+        step_temperature = temperature if span_tracker is None else span_tracker.temperatures()
+        chosen = _next_tokens(logits, do_sample=do_sample, temperature=step_temperature, top_k=top_k,
+                              top_p=top_p)
         if return_logprobs:
             token_logprobs.append(torch.log_softmax(logits, dim=-1).gather(1, chosen[:, None]).squeeze(1))
         chosen = torch.where(unfinished, chosen, torch.full_like(chosen, pad_id))
         tokens.append(chosen)
+        if span_tracker is not None:
+            span_tracker.update(chosen)
         unfinished = unfinished & ~torch.isin(chosen, stop_ids)
         if not bool(unfinished.any()) or step + 1 == max_new_tokens:
             break
@@ -275,6 +333,7 @@ def generate(
     return_logprobs: bool = False,
     prefill: str = "shared",
     encode_once: bool = True,
+    span_temperature: float | None = None,
 ) -> GenerationOutput:
     """G = num_return_sequences completions for each prompt, the video encoded once per prompt.
 
@@ -291,6 +350,10 @@ def generate(
     B * G videos, and transformers' `generate` (so it implies prefill="per_completion").
     Greedy output is token-identical between the paths; log-probs agree within float tolerance
     (tests/test_generation.py).
+    span_temperature: sample the tokens inside `<time>…</time>` (from the token after `<time>` until
+    `</time>` is complete) at this temperature, every other token at `temperature` (`_SpanTracker`;
+    exploration of spans for GRPO). Needs sampling and the shared-prefill path. Recorded log-probs stay
+    those of the raw logits. None (default): one temperature for every token, the path unchanged.
     Runs under no_grad in the model's current mode: call model.eval() first (dropout; and transformers
     turns the KV cache off for a model in training mode with gradient checkpointing).
     """
@@ -298,13 +361,18 @@ def generate(
         raise ValueError(f"num_return_sequences must be >= 1, got {num_return_sequences}")
     if prefill not in ("shared", "per_completion"):
         raise ValueError(f"prefill must be 'shared' or 'per_completion', got {prefill!r}")
+    if span_temperature is not None and not (span_temperature > 0 and do_sample and prefill == "shared"
+                                             and encode_once):
+        raise ValueError("span_temperature must be > 0 and needs do_sample=True on the shared-prefill path "
+                         f"(prefill='shared', encode_once=True); got {span_temperature!r}, do_sample="
+                         f"{do_sample}, prefill={prefill!r}, encode_once={encode_once}")
     ids = special_ids(tokenizer)
     G = num_return_sequences
     batch = dict(_as_prompt_batch(prompt_batch, ids.pad))
     device = next(model.parameters()).device
     batch = {k: v.to(device) if isinstance(v, torch.Tensor) else v for k, v in batch.items()}
     if "position_ids" not in batch:
-        batch.update(model_inputs_positions(_base(model).config, batch))  # (3, B, L)
+        batch["position_ids"] = _positions(model, batch)  # (3, B, L)
     num_prompts, prompt_width = batch["input_ids"].shape
     prompt_lengths = batch["attention_mask"].sum(-1).tolist()
     has_video = "pixel_values_videos" in batch  # text-only prompts (the hindsight checker) have none
@@ -316,11 +384,13 @@ def generate(
                     if has_video else None)  # B tensors
         completions, token_logprobs = _shared_prefill_decode(
             model, batch, G,
-            encoder_outputs=_video_encoder_outputs(features) if features is not None else None,
+            encoder_outputs=_video_encoder_outputs(model, features) if features is not None else None,
             suppressed=torch.tensor(suppressed, device=device),
             stop_ids=torch.tensor(stop_ids, device=device), pad_id=ids.pad,
             max_new_tokens=max_new_tokens, do_sample=do_sample, temperature=temperature,
             top_k=top_k, top_p=top_p, return_logprobs=return_logprobs,
+            span_tracker=None if span_temperature is None else _SpanTracker(
+                tokenizer, num_prompts * G, temperature, span_temperature, device),
         )  # (B*G, T)
     else:
         completions, token_logprobs = _generate_per_completion(
@@ -361,12 +431,12 @@ def _generate_per_completion(model, batch: Mapping[str, Any], G: int, *, has_vid
     inputs = _repeat_rows(batch, G)  # (B*G, L), positions (3, B*G, L)
     if has_video and encode_once:
         features = encode_videos(model, batch["pixel_values_videos"], batch["video_grid_thw"])  # B tensors
-        inputs["mm_encoder_outputs"] = _video_encoder_outputs([f for f in features for _ in range(G)])
+        inputs["mm_encoder_outputs"] = _video_encoder_outputs(model, [f for f in features for _ in range(G)])
     elif has_video:
         pixels = _split_pixels(batch)
         inputs["pixel_values_videos"] = torch.cat([p for p in pixels for _ in range(G)], dim=0)
-        inputs["video_grid_thw"] = batch["video_grid_thw"].repeat_interleave(G, dim=0)
-        inputs["second_per_grid_ts"] = batch["second_per_grid_ts"].repeat_interleave(G, dim=0)
+        for key in _video_keys(model):  # video_grid_thw (B, 3), second_per_grid_ts (B,), ...
+            inputs[key] = batch[key].repeat_interleave(G, dim=0)
 
     # Every knob that changes the distribution is set explicitly: generate fills unset (None) fields from
     # the checkpoint's generation_config (Qwen2.5-VL ships repetition_penalty 1.05, top_k 1, ...).
@@ -426,9 +496,7 @@ def rollout_batch(prompt_batch: Sequence[Mapping[str, Any]] | Mapping[str, Any],
         "input_ids": torch.cat([text["input_ids"], completions], dim=1),
         "attention_mask": torch.cat([text["attention_mask"], comp_mask], dim=1),
         "mm_token_type_ids": torch.cat([text["mm_token_type_ids"], torch.zeros_like(completions)], dim=1),
-        "pixel_values_videos": batch["pixel_values_videos"],
-        "video_grid_thw": batch["video_grid_thw"],
-        "second_per_grid_ts": batch["second_per_grid_ts"],
+        **{key: batch[key] for key in video_keys(batch)},  # pixels and the per-video keys, unrepeated
         "video_index": torch.arange(num_prompts).repeat_interleave(G),
     }
     completion_mask = torch.cat([torch.zeros_like(text["input_ids"]), comp_mask], dim=1)  # (N, L)
@@ -441,7 +509,7 @@ def sequence_logprobs(model, batch: Mapping[str, Any], completion_mask: torch.Te
     """Per-token log-probs of the completions in `batch`, one forward pass (gradients flow).
 
     batch: input_ids, attention_mask, mm_token_type_ids (N, L); optional position_ids (3, N, L) (else
-    computed by the original M-RoPE rule); pixel_values_videos, video_grid_thw (V, 3),
+    computed by the model family's rule); pixel_values_videos, video_grid_thw (V, 3),
     second_per_grid_ts (V,); optional video_index (N,) mapping rows to videos (default: row i has video
     i). Each distinct video is encoded once and its features are repeated for its rows; pass
     `video_features` (V tensors from `encode_videos`) to skip the vision tower altogether (e.g. frozen
@@ -470,13 +538,9 @@ def sequence_logprobs(model, batch: Mapping[str, Any], completion_mask: torch.Te
     position_ids = batch.get("position_ids")
     if position_ids is None:
         # positions need one grid / time step per row
-        per_row = {
-            "input_ids": input_ids,
-            "attention_mask": attention_mask,
-            "video_grid_thw": batch["video_grid_thw"].to(device)[video_index.to(device)],
-            "second_per_grid_ts": batch["second_per_grid_ts"].to(device)[video_index.to(device)],
-        }
-        position_ids = model_inputs_positions(base.config, per_row)["position_ids"]
+        per_row = {"input_ids": input_ids, "attention_mask": attention_mask,
+                   **{key: batch[key].to(device)[video_index.to(device)] for key in _video_keys(model)}}
+        position_ids = _positions(model, per_row)
     # Logits only from the first predicting column on: saves (N, L_prompt, V) for long video prompts.
     first = int(completion_mask.any(0).nonzero()[0]) if bool(completion_mask.any()) else input_ids.shape[1]
     keep = input_ids.shape[1] - first + 1
@@ -485,7 +549,7 @@ def sequence_logprobs(model, batch: Mapping[str, Any], completion_mask: torch.Te
         attention_mask=attention_mask,
         position_ids=position_ids.to(device),
         mm_token_type_ids=batch["mm_token_type_ids"].to(device),
-        mm_encoder_outputs=_video_encoder_outputs(rows_features),
+        mm_encoder_outputs=_video_encoder_outputs(model, rows_features),
         logits_to_keep=keep,
         use_cache=False,
     )

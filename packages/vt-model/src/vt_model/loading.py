@@ -1,5 +1,5 @@
-"""Load Qwen2.5-VL / Qwen2-VL / Qwen3-VL models and tokenizers from a local directory only, and build
-any such architecture on the meta device (no weights) to check its shape and size.
+"""Load Qwen2.5-VL / Qwen2-VL / Qwen3-VL / Qwen3.5 models and tokenizers from a local directory only, and
+build any such architecture on the meta device (no weights) to check its shape and size.
 
 There is no model hub on our machines; every call uses `local_files_only=True` and runs with the hub's
 offline flag on, so a wrong path fails at once with a clear message instead of a network timeout.
@@ -27,6 +27,8 @@ MODEL_CLASSES = {
     "qwen2_vl": "Qwen2VLForConditionalGeneration",
     "qwen3_vl": "Qwen3VLForConditionalGeneration",
     "qwen3_vl_moe": "Qwen3VLMoeForConditionalGeneration",
+    "qwen3_5": "Qwen3_5ForConditionalGeneration",
+    "qwen3_5_moe": "Qwen3_5MoeForConditionalGeneration",
 }
 ATTN_IMPLEMENTATIONS = ("sdpa", "eager", "flash_attention_2")
 _DTYPES = {

@@ -25,7 +25,7 @@ import math
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 import torch
@@ -91,6 +91,9 @@ class VideoProcessorConfig:
     min == max a large frame is shrunk to just under the budget and a small one is *upscaled* to about
     it (a 56x56 clip becomes 336x336). Fast tests and the tiny demo use `FAST_MIN_PIXELS` instead.
     """
+
+    # the vt_model.families family this preprocessing belongs to (how a config names its family)
+    family: ClassVar[str] = "qwen2_5_vl"
 
     num_frames: int | None = 16  # frames to sample uniformly; mutually exclusive with fps
     max_frames: int = 16  # hard cap on frames per video (preprocess_video refuses more)
@@ -238,6 +241,8 @@ class VideoInputs:
     num_video_tokens:    LM tokens (copies of <|video_pad|>) this video needs.
     frame_size:          (height, width) after smart_resize.
     """
+
+    family: ClassVar[str] = "qwen2_5_vl"  # the vt_model.families family that encodes these inputs
 
     pixel_values_videos: torch.Tensor
     video_grid_thw: torch.Tensor

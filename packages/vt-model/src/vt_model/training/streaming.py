@@ -15,12 +15,18 @@ after epoch; the trainer's `max_steps` ends training (derived from the data's ep
   optimizer step has the same number of samples on every rank, and ranks stay in lockstep.
 * An endless stream also keeps ranks in step when one rank's finite epoch is shortened by an
   undecodable (skipped) sample: that rank simply starts its next epoch earlier (style.md A5).
+* Reading never moves torch's global RNG. A DataLoader draws its workers' base seed from that RNG when
+  its iterator starts: at every epoch, and once more at the first read after a resume, a moment the
+  uninterrupted run did not have. GRPO draws its prompts in the middle of a step, just before it samples
+  completions from the same RNG, so that one draw made resumed rollouts differ from uninterrupted ones.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator
 from typing import Any
+
+import torch
 
 WINDOW_POS = "window_pos"
 WINDOW_COUNT = "window_count"
@@ -63,7 +69,7 @@ class StepBatches:
         empty_epochs = 0
         while True:
             produced = False
-            for batch in self.loader:  # each pass is the loader's next epoch
+            for batch in _keeping_global_rng(iter(self.loader)):  # each pass is the loader's next epoch
                 if batch_size_of(batch) < self.micro_batch:
                     self.dropped_partial += 1
                     continue
@@ -85,3 +91,15 @@ class StepBatches:
             for pos, (b, s) in enumerate(window):
                 yield {**b, WINDOW_POS: pos, WINDOW_COUNT: total, STREAM_STATE: s}
             window = []
+
+
+def _keeping_global_rng(iterator: Iterator[Any]) -> Iterator[Any]:
+    """`iterator`'s items, each fetched with torch's CPU RNG saved before and restored after (module
+    docstring: a DataLoader seeds its workers from it)."""
+    while True:
+        with torch.random.fork_rng(devices=[]):
+            try:
+                item = next(iterator)
+            except StopIteration:
+                return
+        yield item
