@@ -289,6 +289,55 @@ def test_two_ranks_run_one_after_the_other_and_merge_into_one_run(assets, bench,
     assert again["complete"] and again["counts"]["done"] == NUM_TEST
 
 
+RANK_OF_TWO = """
+import os, signal, sys
+from vt_eval.benchmarks import load_benchmark
+from vt_eval.protocol import get_protocol
+from vt_eval.runner import evaluate
+assets, out, rank, kill = sys.argv[1], sys.argv[2], int(sys.argv[3]), sys.argv[4] == "kill"
+evaluate(f"{assets}/model", load_benchmark("synthetic", f"{assets}/data"),
+         get_protocol("tiny_cpu", max_new_tokens=8), out, batch_size=2, num_workers=1, label="tiny",
+         rank=rank, world_size=2,
+         on_batch=(lambda number, lines: os.kill(os.getpid(), signal.SIGKILL)) if kill else None)
+"""
+
+
+def _both_ranks(assets: Path, out: Path, kill_rank: int | None) -> list[int]:
+    """Both ranks at once, as srun starts them; rank `kill_rank` SIGKILLs itself after its first batch."""
+    import signal
+    import subprocess
+    import sys
+
+    procs = [subprocess.Popen([sys.executable, "-c", RANK_OF_TWO, str(assets), str(out), str(rank),
+                               "kill" if rank == kill_rank else "run"], stdout=subprocess.DEVNULL,
+                              stderr=subprocess.PIPE, text=True) for rank in range(2)]
+    codes = []
+    for proc in procs:
+        _, err = proc.communicate(timeout=300)
+        assert proc.returncode in (0, -signal.SIGKILL), err[-3000:]
+        codes.append(proc.returncode)
+    return codes
+
+
+@pytest.mark.slow
+@pytest.mark.distributed
+def test_one_rank_killed_then_both_rerun_merge_to_one_prediction_per_sample(assets, full_run, tmp_path):
+    """Two ranks at once, rank 1 SIGKILLed after its first batch while rank 0 finishes; then both again,
+    as a requeued job: one prediction per sample, equal to the uninterrupted run's, none generated twice."""
+    assert _both_ranks(assets, tmp_path, kill_rank=1) == [0, -9]
+    assert [line["index"] for line in _lines(tmp_path / "predictions.rank1-of-2.jsonl")] == [1, 3]
+    assert not (tmp_path / "results.json").exists()  # rank 0 finished, but samples were missing
+
+    assert _both_ranks(assets, tmp_path, kill_rank=None) == [0, 0]
+    merged = _lines(tmp_path / "predictions.jsonl")
+    assert [line["index"] for line in merged] == list(range(NUM_TEST))
+    assert _stable(merged) == _stable(_lines(full_run / "predictions.jsonl"))
+    for rank, indices in ((0, [0, 2, 4]), (1, [1, 3, 5])):  # the rerun skipped what was written
+        assert [line["index"] for line in _lines(tmp_path / f"predictions.rank{rank}-of-2.jsonl")] == indices
+    results = json.loads((tmp_path / "results.json").read_text())
+    assert results["complete"] and results["counts"]["done"] == NUM_TEST
+
+
 # --- failures, identity, backends ---------------------------------------------------------------------
 def test_an_undecodable_video_is_skipped_counted_and_retried_never_replaced(assets, tmp_path):
     data = tmp_path / "data"

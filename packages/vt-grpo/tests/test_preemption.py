@@ -15,7 +15,8 @@ RUN = ["grpo.prompts_per_step=4", "grpo.generations_per_prompt=4", "grpo.micro_b
        "grpo.max_completion_length=48", "module.optimizer.lr=5e-4", f"trainer.max_steps={STEPS}",
        "callbacks.checkpoint.every_n_steps=0", "callbacks.checkpoint.keep_last=null",
        "trainer/strategy=deepspeed_z3_cpu", "trainer.devices=2", "trainer.strategy.timeout.seconds=120"]
-FAULT = ("+callbacks.faults={_target_: vt_model.training.faults.FaultInjection, dirpath: ${paths.run_dir}/faults, "
+FAULT = ("+callbacks.faults={_target_: vt_model.training.faults.FaultInjection, "
+         "dirpath: ${paths.run_dir}/faults, "
          f"faults: [{{step: {PREEMPT_AT}, at: forward, signal: SIGUSR1, rank: 0}}]}}")
 
 

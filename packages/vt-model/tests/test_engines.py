@@ -41,19 +41,19 @@ def test_an_unknown_engine_name_is_refused_with_the_valid_names(registry):
 
 
 def test_register_engine_refuses_a_taken_name_unless_asked_to_replace(registry):
-    assert register_engine("scripted_test", ScriptedEngine) is ScriptedEngine
-    register_engine("scripted_test", ScriptedEngine)  # the same class again is not a conflict
+    assert register_engine("registry_probe_test", ScriptedEngine) is ScriptedEngine
+    register_engine("registry_probe_test", ScriptedEngine)  # the same class again is not a conflict
 
     class Other(ScriptedEngine):
         pass
 
-    with pytest.raises(ValueError, match="already registered as 'scripted_test'"):
-        register_engine("scripted_test", Other)
+    with pytest.raises(ValueError, match="already registered as 'registry_probe_test'"):
+        register_engine("registry_probe_test", Other)
     with pytest.raises(ValueError, match="already registered as 'hf'"):
         register_engine("hf", Other)
-    assert ENGINES["scripted_test"] is ScriptedEngine and ENGINES["hf"] is HFEngine
+    assert ENGINES["registry_probe_test"] is ScriptedEngine and ENGINES["hf"] is HFEngine
 
-    register_engine("scripted_test", Other, replace=True)
-    engine = build_engine("scripted_test", "model", "tokenizer", None, sampling={}, device="cpu")
+    register_engine("registry_probe_test", Other, replace=True)
+    engine = build_engine("registry_probe_test", "model", "tokenizer", None, sampling={}, device="cpu")
     assert isinstance(engine, Other)
     assert engine.args == ("model", "tokenizer", None) and engine.kwargs == {"sampling": {}, "device": "cpu"}

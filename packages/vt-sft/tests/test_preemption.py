@@ -66,7 +66,8 @@ def _keys_by_step(sft, run_dir, rank) -> dict[int, list[str]]:
 @pytest.mark.slow
 def test_signals_and_kills_mid_step_and_mid_write_then_requeues_end_bit_identical(sft, tmp_path):
     straight, run = tmp_path / "straight", tmp_path / "preempted"
-    base = [*sft.overrides, "data.num_workers=1", f"trainer.max_steps={STEPS}", "batch.micro_batch_per_device=2",
+    base = [*sft.overrides, "data.num_workers=1", f"trainer.max_steps={STEPS}",
+            "batch.micro_batch_per_device=2",
             f"callbacks.checkpoint.every_n_steps={EVERY}", "callbacks.checkpoint.keep_last=null"]
     sft.run_cli([*base, f"hydra.run.dir={straight}"])
     faults = _faults({"step": 3, "at": "backward", "signal": "SIGUSR1"},
@@ -180,7 +181,8 @@ def test_two_nodes_survive_preemption_and_a_lost_rank_and_equal_one_node(sft, tm
     assert read_meta(checkpoint)["world_size"] == 2 and read_meta(checkpoint)["num_nodes"] == 2
     for rank in range(2):
         state = torch.load(checkpoint / f"rank-{rank:05d}.pt", weights_only=True)
-        assert (state["rank"], state["node_rank"], state["local_rank"], state["num_nodes"]) == (rank, rank, 0, 2)
+        placement = (state["rank"], state["node_rank"], state["local_rank"], state["num_nodes"])
+        assert placement == (rank, rank, 0, 2)
 
     # 2. Rank 1 is SIGKILLed in step 6: rank 0 does not hang; it names rank 1 and exits.
     lost = _launch_nodes(sft, nodes, tmp_path, "lost")
@@ -204,7 +206,8 @@ def test_two_nodes_survive_preemption_and_a_lost_rank_and_equal_one_node(sft, tm
     np.testing.assert_allclose(curve[:, 1], curve[:, 0], rtol=2e-5, atol=1e-6)  # the DDP invariance test's
     for name, value in _weights(two_nodes).items():
         torch.testing.assert_close(value, _weights(one_node)[name], rtol=2e-5, atol=1e-6)
-    records = {d: {r["step"]: r for r in sft.read_jsonl(d / "logs" / "steps.jsonl")} for d in (one_node, two_nodes)}
+    records = {d: {r["step"]: r for r in sft.read_jsonl(d / "logs" / "steps.jsonl")}
+               for d in (one_node, two_nodes)}
     assert all(records[two_nodes][s]["samples"] == records[one_node][s]["samples"] == 2
                for s in range(1, NODE_STEPS + 1))  # global batch = micro 1 × accumulation 1 × 2 ranks
     for rank in range(2):  # the same rank reads the same part of the stream on either layout
@@ -219,7 +222,8 @@ def small_disk(tmp_path):
     """A 64 MiB tmpfs mounted as the run's checkpoint directory (root only), unmounted afterwards."""
     mount = tmp_path / "run" / "checkpoints"
     mount.mkdir(parents=True)
-    done = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=64m", "tmpfs", str(mount)], capture_output=True,
+    done = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=64m", "tmpfs", str(mount)],
+                          capture_output=True,
                           text=True)
     if done.returncode != 0:
         pytest.skip(f"cannot mount a tmpfs here (needs root): {done.stderr.strip()}")
@@ -237,8 +241,9 @@ def test_a_full_disk_during_a_checkpoint_keeps_the_previous_one_and_says_so(sft,
     run_dir = small_disk.parent
 
     def run(steps):
-        return train(sft.compose([*sft.overrides, f"trainer.max_steps={steps}", "batch.micro_batch_per_device=2",
-                                  "callbacks.checkpoint.every_n_steps=2", "callbacks.checkpoint.keep_last=null",
+        return train(sft.compose([*sft.overrides, f"trainer.max_steps={steps}",
+                                  "batch.micro_batch_per_device=2", "callbacks.checkpoint.every_n_steps=2",
+                                  "callbacks.checkpoint.keep_last=null",
                                   "export=false", f"paths.run_dir={run_dir}"]))
 
     run(2)

@@ -16,9 +16,9 @@ Points (`at`):
   model state is written (Lightning's `on_save_checkpoint`: mid-checkpoint-write);
 - `step_start`: at the first micro-batch of that step, before anything else of the step.
 
-Each fault leaves a marker `<dirpath>/fault-<index>-rank<r>.fired` (what fired where) before it fires, so a resumed run that
-passes the same step again does not fire it again (the marker outlives a SIGKILL). Not for production
-runs: it kills its own process on purpose.
+Each fault leaves a marker `<dirpath>/fault-<index>-rank<r>.fired` (what fired where) before it fires, so a
+resumed run that passes the same step again does not fire it again (the marker outlives a SIGKILL). Not
+for production runs: it kills its own process on purpose.
 """
 
 from __future__ import annotations
@@ -61,7 +61,8 @@ class FaultInjection(Callback):
 
     def _due(self, trainer, at: str, step: int) -> list[dict[str, Any]]:
         rank = trainer.global_rank
-        return [f for f in self.faults if f["at"] == at and f["step"] == step and f["index"] not in self._fired
+        return [f for f in self.faults
+                if f["at"] == at and f["step"] == step and f["index"] not in self._fired
                 and f["rank"] in (None, rank) and not self._marker(f, rank).exists()]
 
     def _fire(self, trainer, at: str, step: int, note: str = "") -> None:
