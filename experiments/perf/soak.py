@@ -2,7 +2,8 @@
 under repeated random faults, then checked against uninterrupted runs. Not a test; results in
 experiments/perf/README.md ("Soak").
 
-    .venv/bin/python experiments/perf/soak.py --out runs/soak --seed 0 --max-faults 6
+    .venv/bin/python experiments/perf/soak.py --out runs/soak --seed 0 --max-faults 12 \
+        --sft-steps 120 --grpo-steps 24
 
 For each stage: an uninterrupted reference run, then the same command in another run directory, started
 again and again (what a requeue does) while this script injects a random fault into each attempt once the
@@ -127,12 +128,13 @@ class Stage:
         while True:
             attempt += 1
             log_path = self.out / f"{self.name}_chaos.attempt{attempt}.log"
+            since, start_checkpoint = time.time(), latest_checkpoint(run_dir)
             with open(log_path, "w") as fh:
                 proc = subprocess.Popen(self.command(run_dir), cwd=ROOT, env=self.env, stdout=fh,
                                         stderr=subprocess.STDOUT, start_new_session=True)
             fault = None
             if len(faults) < max_faults:
-                fault = self._inject(proc, run_dir, latest_checkpoint(run_dir), rng, max_delay)
+                fault = self._inject(proc, run_dir, start_checkpoint, since, rng, max_delay)
             if fault is None:
                 if not wait_group(proc, 900) or proc.returncode != 0:
                     raise RuntimeError(f"{self.name}: attempt {attempt} ended with {proc.returncode}; "
@@ -145,7 +147,7 @@ class Stage:
             log_text = log_path.read_text(errors="replace")
             fault.update({"attempt": attempt, "exit": proc.returncode, "hung": not ended,
                           "exit_s": round(time.time() - fault["wall"], 1) if ended else None,
-                          "logged_step": last_step(run_dir, self.log),
+                          "logged_step": max(start_checkpoint, last_step(run_dir, self.log, since)),
                           "resumed_from": latest_checkpoint(run_dir),
                           "rank_lost_error": "RankLostError" in log_text})
             fault["steps_recomputed"] = fault["logged_step"] - fault["resumed_from"]
@@ -160,11 +162,11 @@ class Stage:
             fault["seconds_until_past_it"] = round(min(later) - fault["wall"], 1) if later else None
         return run_dir, faults, time.perf_counter() - started
 
-    def _inject(self, proc, run_dir: Path, resumed_from: int, rng: random.Random,
+    def _inject(self, proc, run_dir: Path, resumed_from: int, since: float, rng: random.Random,
                 max_delay: float) -> dict | None:
-        """Wait until the attempt trained past its resume point, then a random delay, then a random fault.
-        None when the attempt finished first."""
-        target, since = resumed_from + rng.choice((1, 2)), time.time()
+        """Wait until the attempt (started at wall time `since`) trained past its resume point, then a
+        random delay, then a random fault. None when the attempt finished first."""
+        target = resumed_from + rng.choice((1, 2))
         while last_step(run_dir, self.log, since) < target:  # this attempt's own records
             if proc.poll() is not None:
                 return None
@@ -177,7 +179,7 @@ class Stage:
         ranks = training_processes(proc.pid)
         kind = rng.choice(KINDS if len(ranks) > 1 else ("sigkill_all", "sigusr1"))
         rank = rng.randrange(len(ranks))
-        step = last_step(run_dir, self.log)
+        step = last_step(run_dir, self.log, since)
         wall = time.time()
         if kind == "sigkill_all":
             os.killpg(proc.pid, signal.SIGKILL)
@@ -185,8 +187,8 @@ class Stage:
             os.kill(ranks[rank], signal.SIGKILL)
         else:
             os.kill(ranks[rank], signal.SIGUSR1)
-        return {"kind": kind, "rank": None if kind == "sigkill_all" else rank, "step_at_fault": step,
-                "checkpoint_before": latest_checkpoint(run_dir), "wall": wall}
+        return {"kind": kind, "rank": None if kind == "sigkill_all" else rank, "started_from": resumed_from,
+                "step_at_fault": step, "wall": wall}
 
 
 # ------------------------------------------------------------------------------------------ checks
