@@ -73,6 +73,25 @@ def test_the_run_directory_is_fixed_by_model_protocol_and_benchmark():
     assert compose(["model=qwen25vl_7b"]).eval.dtype == "bfloat16"
 
 
+def test_each_family_gets_the_papers_video_tokens_from_its_protocol():
+    """The paper's protocol with a Qwen2.5-VL model and `video_thinker_qwen3vl` with a Qwen3-VL one
+    (experiments/video_thinker_qwen3vl_8b/README.md) give a 16-frame 16:9 clip the same 960 video
+    tokens; the Qwen2.5-VL numbers read as Qwen3-VL's whole-clip budget would give it 24 (32x96 frames)."""
+    from hydra.utils import instantiate
+
+    from vt_model.families import get_family
+
+    def tokens(overrides: list[str]) -> int:
+        cfg = compose(overrides)
+        video = instantiate(cfg.protocol).video_config(get_family(cfg.model.family).video_config())
+        t, h, w = video.grid_thw(16, 720, 1280)
+        return t * h * w // video.merge_size**2
+
+    assert tokens(["model=qwen25vl_7b"]) == 960
+    assert tokens(["model=qwen3vl_8b", "protocol=video_thinker_qwen3vl"]) == 960
+    assert tokens(["model=qwen3vl_8b"]) == 24  # why Qwen3-VL needs its own protocol
+
+
 def test_the_slurm_launcher_runs_one_task_per_gpu():
     pytest.importorskip("hydra_plugins.hydra_submitit_launcher")
     cfg = compose(["hydra/launcher=slurm", "trainer.devices=8"], hydra=True)

@@ -38,3 +38,11 @@ def test_csv_leaves_missing_values_empty():
     assert csv_text(["a", "b"], [[1.5, None], ["x,y", 0]]) == 'a,b\n1.5,\n"x,y",0\n'
     records = [{"a": None, "b": 2, "extra": 3}, {"b": 1}]
     assert records_csv(records, ["b", "a"], lineterminator=EXCEL_LINE_END) == "b,a\r\n2,\r\n1,\r\n"
+
+
+def test_faithfulness_counts_stay_whole_and_means_over_seeds_get_one_decimal():
+    from vt_eval.tables import faithfulness_cell
+
+    assert faithfulness_cell("reliance_n", 43) == "43"
+    assert faithfulness_cell("reliance_n", 97.66666666666667) == "97.7"
+    assert faithfulness_cell("n", None) == "–" and faithfulness_cell("degenerate", 12.345) == "12.35"

@@ -127,3 +127,54 @@ def test_advantages_rewards_and_entropy(rollout):
     p = torch.softmax(row, -1)
     expected = -(p[p > 0] * p[p > 0].log()).sum()
     torch.testing.assert_close(entropy[0, col], expected, atol=1e-4, rtol=1e-4)
+
+
+# ------------------------------------------------------------------------------------- guided spans
+def test_guided_spans_are_well_formed_never_degenerate_and_masked_only_when_asked(rollout, grpo):
+    """Half of each group starts from a drawn span: the first completion of each group begins with a
+    parsable, non-degenerate `<time>` span inside its clip; the loss pass still reproduces the rollout's
+    log-probs; `guided_span_in_loss=False` leaves exactly the written tokens out of the mask."""
+    from vt_data.timespan import is_degenerate
+    from vt_data.trace import parse_trace
+    from vt_model.loading import load_tokenizer
+
+    model, items, _, _ = rollout
+    tokenizer = load_tokenizer(grpo.sft_dir)
+    settings = GRPOSettings(prompts_per_step=3, generations_per_prompt=2, micro_batch_per_device=3,
+                            max_completion_length=40, beta=0.0, guided_span_share=0.5)
+    assert settings.guided_per_group == 1
+    torch.manual_seed(1)
+    groups = sample_groups(model, tokenizer, items, settings)
+    score_groups(groups, RewardSet())
+    for group in groups:
+        assert group.forced_lengths[0] > 0 and group.forced_lengths[1] == 0
+        written = tokenizer.decode(group.sequences[0][: group.forced_lengths[0]])
+        spans = parse_trace(written + " <caption>x</caption> <think>y</think> <answer>A</answer>").spans
+        assert len(spans) == 1 and spans[0][1] <= group.item.record.duration
+        assert not is_degenerate(spans[0], group.item.record.duration)
+        assert group.texts[0].startswith(written)
+    trained = build_rollout_batch(groups, tokenizer.pad_token_id, model.config)
+    masked = build_rollout_batch(groups, tokenizer.pad_token_id, model.config, train_forced_tokens=False)
+    forced = torch.tensor([n for g in groups for n in g.forced_lengths])
+    assert torch.equal(trained.completion_mask.sum(1) - masked.completion_mask.sum(1), forced)
+    from vt_model.generation import sequence_logprobs
+
+    with torch.no_grad():
+        for mb in masked.split(settings.micro_batch_per_device):
+            mask = mb.completion_mask
+            logp = sequence_logprobs(model, mb.inputs, mask)
+            torch.testing.assert_close(logp[mask], mb.rollout_logprobs[mask], atol=1e-4, rtol=0)
+
+
+def test_drawn_spans_cover_every_allowed_span_and_only_those():
+    from vt_data.timespan import is_degenerate
+    from vt_grpo.rollout import draw_guided_span
+
+    torch.manual_seed(0)
+    drawn = {draw_guided_span(8.0) for _ in range(2000)}
+    allowed = {(a, b) for a in range(8) for b in range(a + 1, 9) if not is_degenerate((a, b), 8.0)}
+    assert drawn == allowed and (0, 8) not in drawn and (4, 8) in drawn
+    quarters = {draw_guided_span(8.0, parts=4) for _ in range(500)}
+    assert quarters == {(a, b) for a in (0, 2, 4, 6) for b in (2, 4, 6, 8) if a < b} - {(0, 8)}
+    with pytest.raises(ValueError, match="0.5 s clip"):
+        draw_guided_span(0.5)

@@ -37,6 +37,8 @@ def test_derived_sizes():
         ({"temperature": 0.0}, "temperature must be > 0"),
         ({"eps_low": 1.0}, "eps_low must be < 1"),
         ({"span_temperature": 0.0}, "span_temperature must be > 0"),
+        ({"guided_span_share": 1.5}, "guided_span_share must be in"),
+        ({"guided_span_grid": 1}, "guided_span_grid must be >= 2"),
     ],
 )
 def test_refuses_inconsistent_settings(kwargs, message):

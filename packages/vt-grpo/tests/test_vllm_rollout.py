@@ -45,14 +45,15 @@ def _engine(**options):
 
 def _prompt(tokenizer, video_config, seed: int, frames: int, size: tuple[int, int], timestamps):
     from vt_data.records import VideoQA
-    from vt_model.processing import preprocess_video
+    from vt_model.families import get_family
     from vt_model.prompts import encode_prompt
 
     pixels = torch.randint(0, 256, (frames, *size, 3), dtype=torch.uint8,
                            generator=torch.Generator().manual_seed(seed))
     record = VideoQA(problem=f"What happens in clip {seed}?", path=f"{seed}.mp4", data_source="test",
                      options=["A. it grows", "B. it shrinks"])
-    return encode_prompt(tokenizer, record, preprocess_video(pixels, timestamps, video_config), TEMPLATE)
+    video = get_family(video_config.family).preprocess_video(pixels, timestamps, video_config)
+    return encode_prompt(tokenizer, record, video, TEMPLATE)
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -149,7 +150,8 @@ def test_prompt_ids_vllm_ran_are_checked(case, policy, engine, monkeypatch):
 
 @pytest.mark.vllm
 def test_a_float64_temporal_mismatch_is_refused_naming_the_prompt(case, policy, engine):
-    from vt_model.engines.vllm import RolloutInputMismatch, float64_temporal_mismatch
+    from vt_model.engines.vllm import RolloutInputMismatch
+    from vt_model.families.qwen2_5_vl import float64_temporal_mismatch
 
     # 16 frames, every 5th of a 24 fps clip: t * (2 * 5/24) * 2 truncates differently in float32 / float64
     odd = _prompt(case["tokenizer"], case["video_config"], 3, 16, (56, 56), [5 * i / 24 for i in range(16)])
@@ -273,3 +275,72 @@ def _csv_rows(log_dir):
 
     with open(Path(log_dir) / "metrics.csv", newline="") as f:
         return list(csv.DictReader(f))
+
+
+@pytest.mark.vllm
+def test_qwen3_vl_rollouts_match_the_training_model_and_follow_weight_pushes(tmp_path_factory):
+    """A tiny Qwen3-VL policy (DeepStack included; 2 heads for vLLM's CPU attention): our vision tower's
+    packed features go in as `video_embeds`, the prompt ids vLLM ran equal ours (checked by `generate`),
+    vLLM's own position rule gives our ids on them, log-probs and greedy tokens are the training model's,
+    a weight push changes the engine's outputs to the updated policy's, and a request written for the
+    other vLLM placeholder is refused."""
+    from types import SimpleNamespace
+
+    from vllm.model_executor.models.qwen3_vl import Qwen3VLForConditionalGeneration
+
+    from vt_model.engines.vllm import RolloutInputMismatch
+    from vt_model.families import family_from_pretrained, qwen3_vl
+    from vt_model.families.qwen3_vl import video_span
+    from vt_model.generation import rollout_batch, sequence_logprobs
+    from vt_model.loading import load_model, load_tokenizer
+    from vt_model.prompts import special_ids
+    from vt_model.tiny import write_tiny_model
+
+    root = tmp_path_factory.mktemp("vllm-rollout-qwen3")
+    write_tiny_model(root / "model", family="qwen3_vl", heads=2, kv_heads=1)
+    tokenizer, family = load_tokenizer(root / "model"), family_from_pretrained(root / "model")
+    video_config = family.video_config_from_pretrained(root / "model")
+    prompts = [_prompt(tokenizer, video_config, seed, frames, size, [0.4 * i for i in range(frames)])
+               for seed, frames, size in ((0, 4, (56, 56)), (1, 5, (56, 84)))]
+    policy = load_model(root / "model", dtype="float32").eval()
+    engine = _engine(model_path=root / "model")
+    try:
+        out = engine.generate(policy, tokenizer, prompts, GRPOSettings(**SMALL))
+        assert out.prompt_lengths == [p["input_ids"].numel() for p in prompts]
+        batch, mask = rollout_batch(prompts, out, special_ids(tokenizer).pad)
+        with torch.no_grad():
+            recomputed = sequence_logprobs(policy, batch, mask)[mask.bool()]
+        gap = float((recomputed - torch.cat([lp for lps in out.logprobs for lp in lps])).abs().max())
+        assert gap < LOGP_TOLERANCE, f"engine vs training log-probs: max |gap| {gap:.2e}"
+
+        for prompt in prompts:
+            ids, grid = prompt["input_ids"], prompt["video_grid_thw"]
+            start, _, _ = video_span(tokenizer, ids.tolist(), int(grid[0, 0]))
+            video = SimpleNamespace(modality="video", mm_position=SimpleNamespace(offset=start),
+                                    data={"video_grid_thw": SimpleNamespace(data=grid[0])})
+            theirs, _ = Qwen3VLForConditionalGeneration._get_mrope_input_positions(ids.tolist(), [video],
+                                                                                    policy.config)
+            ours = family.position_ids(policy.config, {"input_ids": ids[None], "video_grid_thw": grid})
+            assert theirs.tolist() == ours[:, 0].tolist()
+
+        before, _ = _greedy(engine, policy, tokenizer, prompts)
+        assert before == _hf_greedy(policy, tokenizer, prompts)
+        with torch.no_grad():  # an update of the language model
+            gen = torch.Generator().manual_seed(0)
+            for name, param in policy.named_parameters():
+                if "language_model" in name and name.endswith("mlp.down_proj.weight"):
+                    param.add_(torch.randn(param.shape, generator=gen) * 0.5)
+        updated = _hf_greedy(policy, tokenizer, prompts)
+        assert updated != before
+        engine.after_update(policy)
+        assert _greedy(engine, policy, tokenizer, prompts)[0] == updated
+
+        # The other placeholder than the one this vLLM replaces: it keeps or drops the outer
+        # <|vision_start|> / <|vision_end|> pair around the video, which the parity check refuses.
+        other = ({qwen3_vl.VIDEO_ITEM, qwen3_vl.VIDEO_PAD} - {qwen3_vl.vllm_placeholder()}).pop()
+        with pytest.MonkeyPatch.context() as patch:
+            patch.setattr(qwen3_vl, "vllm_placeholder", lambda: other)
+            with pytest.raises(RolloutInputMismatch, match="prompt 0: vLLM ran"):
+                engine.generate(policy, tokenizer, prompts, GRPOSettings(**SMALL))
+    finally:
+        engine.close()

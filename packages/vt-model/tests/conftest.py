@@ -74,3 +74,21 @@ def small_video():
 def video_batch():
     """Factory: video_batch(tokenizer, video, question) -> model kwargs of one text-video-text prompt."""
     return _video_batch
+
+
+@pytest.fixture(scope="session")
+def last_colour_prompt(tiny_dir: Path, tiny_tokenizer):
+    """One encoded prompt ("What colour is the last shape shown?", 4 random 56x56 frames at 0.5 s
+    steps, the direct template) for the tiny model: the decode-loop tests sample from it."""
+    import numpy as np
+
+    from vt_data.records import VideoQA
+    from vt_model.processing import VideoProcessorConfig, preprocess_video
+    from vt_model.prompts import encode_prompt
+
+    config = VideoProcessorConfig.from_pretrained(tiny_dir)
+    record = VideoQA(problem="What colour is the last shape shown?", path="v.mp4", data_source="synthetic",
+                     options=["A. red", "B. blue"], solution="<answer>A</answer>", problem_id=1)
+    frames = np.random.default_rng(0).integers(0, 256, (4, 56, 56, 3), dtype=np.uint8)
+    video = preprocess_video(frames, np.arange(4) * 0.5, config)
+    return encode_prompt(tiny_tokenizer, record, video, "direct")

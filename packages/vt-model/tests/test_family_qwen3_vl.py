@@ -428,6 +428,94 @@ def test_qwen3_5_shares_the_video_path(qwen3_model_and_tokenizer):
                                rtol=1e-5, atol=1e-5)
 
 
+# ------------------------------------------------------------------------------------ vLLM requests
+
+
+def _vllm_expand(tokenizer, prompt_ids: list[int], placeholder: list[int], times, pads_per_block: int):
+    """vLLM 0.32's Qwen3-VL prompt update for one video, written from its source (Qwen3VLMultiModal-
+    Processor.get_video_repl and _replace_video_token_placeholders): the first occurrence of the
+    placeholder ids replaced by, per temporal group, `<t seconds>` tokenised on its own, then
+    <|vision_start|>, the pads, <|vision_end|>."""
+    from vt_model.prompts import special_ids
+
+    ids = special_ids(tokenizer)
+    repl: list[int] = []
+    for t in times:
+        repl += tokenizer.encode(f"<{t:.1f} seconds>", add_special_tokens=False)
+        repl += [ids.vision_start, *[ids.video_pad] * pads_per_block, ids.vision_end]
+    k = len(placeholder)
+    at = next(i for i in range(len(prompt_ids)) if prompt_ids[i:i + k] == placeholder)
+    return prompt_ids[:at] + repl + prompt_ids[at + k:]
+
+
+def _vllm_times(metadata: dict) -> list[float]:
+    """vLLM 0.32's Qwen3-VL timestamps of pre-sampled frames (Qwen3VLProcessingInfo._get_video_second_idx
+    without sampling): frames_indices / fps, the last index repeated to an even count, pair means."""
+    indices = list(metadata["frames_indices"])
+    indices += indices[-1:] * (len(indices) % 2)
+    times = [i / metadata["fps"] for i in indices]
+    return [(times[i] + times[i + 1]) / 2 for i in range(0, len(times), 2)]
+
+
+@pytest.fixture(scope="module")
+def tiny_tokenizer():
+    from vt_model.offline_tokenizers import build_tokenizer
+
+    return FAMILY.prepare_tokenizer(build_tokenizer("tiny", FAMILY.tiny_corpus()))
+
+
+@pytest.mark.parametrize("placeholder", ["<|video_pad|>", "<|vision_start|><|video_pad|><|vision_end|>"])
+@pytest.mark.parametrize("outer", [False, True])
+def test_vllm_requests_expand_to_our_ids(tiny_tokenizer, monkeypatch, placeholder, outer):
+    """Whichever placeholder vLLM replaces (it depends on the transformers beside it) and whichever layout
+    the config asks for, vLLM's expansion of our frames request and of our features request gives our
+    prompt ids; 5 frames (odd: the last one repeated) at irregular times."""
+    from vt_model.families import qwen3_vl
+    from vt_model.prompts import tokenize
+
+    monkeypatch.setattr(qwen3_vl, "vllm_placeholder", lambda: placeholder)
+    tokenizer, config = tiny_tokenizer, FAMILY.tiny_video_config(outer_vision_tokens=outer)
+    frames = np.random.default_rng(0).integers(0, 256, (5, 64, 96, 3), dtype=np.uint8)
+    times = [0.0, 0.37, 0.74, 1.11, 1.9]
+    video = FAMILY.preprocess_video(frames, times, config)
+    text = tiny_tokenizer.apply_chat_template(_messages(), tokenize=False, add_generation_prompt=True)
+    ours = FAMILY.encode_video_prompt(tokenizer, text, [video])
+    target = tokenize(tokenizer, placeholder)
+
+    request = FAMILY.vllm_frames_request(text, frames, times, config)
+    sent, metadata = request["multi_modal_data"]["video"]
+    assert sent is frames and metadata["total_num_frames"] == 5
+    assert _vllm_times(metadata) == list(video.timestamps)  # the same floats, not just the same text
+    assert _vllm_expand(tokenizer, tokenize(tokenizer, request["prompt"]), target, video.timestamps,
+                        video.tokens_per_group) == ours
+
+    features = torch.zeros(video.num_video_tokens, 8)
+    prompt = {"input_ids": torch.tensor(ours), "video_grid_thw": video.video_grid_thw}
+    request = FAMILY.vllm_embeds_request(tokenizer, prompt, features)
+    mm = request["multi_modal_data"]["video"]
+    assert mm["video_embeds"] is features and mm["video_grid_thw"].tolist() == [[3, 4, 6]]
+    assert mm["timestamps"] == [[float(f"{t:.1f}") for t in video.timestamps]]
+    assert _vllm_expand(tokenizer, request["prompt_token_ids"], target, mm["timestamps"][0],
+                        video.tokens_per_group) == ours
+    assert FAMILY.vllm_position_mismatch(None, prompt) is None
+
+
+def test_video_span_refuses_ids_without_the_video(tiny_tokenizer):
+    from vt_model.families.qwen3_vl import video_span
+    from vt_model.prompts import tokenize
+
+    frames, config = np.zeros((4, 64, 64, 3), np.uint8), FAMILY.tiny_video_config()
+    video = FAMILY.preprocess_video(frames, [0, 1, 2, 3], config)
+    ids = FAMILY.encode_video_prompt(tiny_tokenizer, "x<|vision_start|><|video_pad|><|vision_end|>y", [video])
+    start, end, times = video_span(tiny_tokenizer, ids, 2)
+    assert times == [0.5, 2.5] and ids[start:end] == tokenize(tiny_tokenizer, video.prompt_text())
+    with pytest.raises(ValueError, match="2 frame blocks, the video grid 3"):
+        video_span(tiny_tokenizer, ids, 3)
+    plain = tokenize(tiny_tokenizer, "x<|vision_start|><|video_pad|><|vision_end|>")
+    with pytest.raises(ValueError, match="frame block 0 of the prompt ids is not preceded"):
+        video_span(tiny_tokenizer, plain, 1)
+
+
 # ------------------------------------------------------------------------------------ optional parity
 
 

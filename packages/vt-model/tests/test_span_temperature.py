@@ -4,15 +4,11 @@ default path is unchanged, and a span temperature equal to the temperature sampl
 
 from __future__ import annotations
 
-import numpy as np
 import pytest
 import torch
 
 import vt_model.generation as generation
-from vt_data.records import VideoQA
 from vt_model.generation import _SpanTracker, generate
-from vt_model.processing import VideoProcessorConfig, preprocess_video
-from vt_model.prompts import encode_prompt
 
 TRACES = (
     "Let me look. <time>00:04-00:08</time> <caption>a red circle</caption> <think> last is red</think>"
@@ -28,13 +24,8 @@ def tiny(tiny_model, tiny_tokenizer):
 
 
 @pytest.fixture(scope="module")
-def prompt(tiny, tiny_dir):
-    tokenizer = tiny[1]
-    config = VideoProcessorConfig.from_pretrained(tiny_dir)
-    record = VideoQA(problem="What colour is the last shape shown?", path="v.mp4", data_source="synthetic",
-                     options=["A. red", "B. blue"], solution="<answer>A</answer>", problem_id=1)
-    frames = np.random.default_rng(0).integers(0, 256, (4, 56, 56, 3), dtype=np.uint8)
-    return encode_prompt(tokenizer, record, preprocess_video(frames, np.arange(4) * 0.5, config), "direct")
+def prompt(last_colour_prompt):
+    return last_colour_prompt
 
 
 def _open_after_each_token(tokenizer, ids: list[int]) -> list[bool]:

@@ -81,7 +81,8 @@ def engines(case):
 
 
 def test_vllm_engine_matches_hf_prompt_ids_and_greedy_tokens(case, engines):
-    from vt_model.engines.vllm import float64_temporal_mismatch, vllm_sampling_params
+    from vt_model.engines.vllm import vllm_sampling_params
+    from vt_model.families.qwen2_5_vl import float64_temporal_mismatch
     from vt_model.generation import generate
     from vt_model.prompts import special_ids
 
@@ -112,3 +113,69 @@ def test_vllm_engine_matches_hf_prompt_ids_and_greedy_tokens(case, engines):
     loose = vllm_sampling_params(GREEDY, seed=0)
     first = vllm_engine.llm.generate(prepared[:1], loose, use_tqdm=False)[0].outputs[0].token_ids[0]
     assert first == ids.video_pad != int(reference.sequences[0][0][0])
+
+
+# ------------------------------------------------------------------------------------ Qwen3-VL
+
+
+@pytest.fixture(scope="module")
+def qwen3_case(tmp_path_factory):
+    """A tiny Qwen3-VL (DeepStack included; 2 heads for vLLM's CPU attention), its records and clips: 8
+    frames, and 5 (an odd count: the last frame repeated in the last temporal group)."""
+    from vt_data.records import VideoQA
+    from vt_model.families import video_config_from_pretrained
+    from vt_model.loading import load_tokenizer
+    from vt_model.tiny import write_tiny_model
+
+    root = tmp_path_factory.mktemp("vllm-engine-qwen3")
+    write_tiny_model(root / "model", family="qwen3_vl", heads=2, kv_heads=1)
+    records = [VideoQA(problem="Which way does the noise drift?", path="a.mp4", data_source="test",
+                       options=["A. left", "B. right"]),
+               VideoQA(problem="How many frames are bright?", path="b.mp4", data_source="test")]
+    clips = [_clip(root, 3, frames=32, fps=8.0, size=(56, 56), sampled=8),
+             _clip(root, 4, frames=30, fps=30.0, size=(56, 84), sampled=5)]
+    return {"dir": root / "model", "tokenizer": load_tokenizer(root / "model"), "records": records,
+            "clips": clips, "video_config": video_config_from_pretrained(root / "model")}
+
+
+def test_vllm_engine_matches_hf_for_qwen3_vl(qwen3_case):
+    """The eval engine on a Qwen3-VL model: vLLM runs our prompt ids (timestamp texts and frame blocks
+    included) and decodes the hf backend's greedy tokens, in the release layout (the model directory's)
+    and, through the same engine, in the transformers 5.x one (outer start / end pair kept)."""
+    import dataclasses
+
+    from vt_model.engines import HFEngine, VLLMEngine
+    from vt_model.generation import generate
+    from vt_model.prompts import encode_prompt, special_ids
+
+    tokenizer, config = qwen3_case["tokenizer"], qwen3_case["video_config"]
+    with pytest.MonkeyPatch.context() as env:
+        for key, value in CPU_ENGINE_ENV.items():
+            env.setenv(key, value)
+        vllm_engine = VLLMEngine(qwen3_case["dir"], tokenizer, config, sampling=GREEDY, seed=0,
+                                 dtype="float32", max_model_len=2048, enforce_eager=True)
+    try:
+        hf_engine = HFEngine(qwen3_case["dir"], tokenizer, config, sampling=GREEDY)
+        pairs = list(zip(qwen3_case["records"], qwen3_case["clips"], strict=True))
+        ours = [hf_engine.prepare(r, TEMPLATE, c) for r, c in pairs]
+        prepared = [vllm_engine.prepare(r, TEMPLATE, c) for r, c in pairs]
+        assert vllm_engine.generate(prepared) == hf_engine.generate(ours)
+        outputs = vllm_engine.llm.generate(prepared, vllm_engine.params, use_tqdm=False)
+        for i, (prompt, out) in enumerate(zip(ours, outputs, strict=True)):
+            assert list(out.prompt_token_ids) == prompt["input_ids"].tolist(), f"prompt {i}"
+            assert out.prompt_token_ids.count(special_ids(tokenizer).video_pad) == prompt["num_video_tokens"]
+
+        outer = dataclasses.replace(config, outer_vision_tokens=True)
+        record, clip = pairs[1]
+        theirs = vllm_engine.family.vllm_frames_request(ours[1]["prompt_text"], clip.frames, clip.timestamps,
+                                                        outer)
+        mine = encode_prompt(tokenizer, record, vllm_engine.family.preprocess_video(clip.frames,
+                                                                                    clip.timestamps, outer),
+                             TEMPLATE)
+        [out] = vllm_engine.llm.generate([theirs], vllm_engine.params, use_tqdm=False)
+        assert list(out.prompt_token_ids) == mine["input_ids"].tolist() != ours[1]["input_ids"].tolist()
+        reference = generate(hf_engine.model, tokenizer, [mine], do_sample=False,
+                             max_new_tokens=GREEDY["max_new_tokens"])
+        assert list(out.outputs[0].token_ids) == reference.sequences[0][0].tolist()
+    finally:
+        vllm_engine.llm.llm_engine.engine_core.shutdown()

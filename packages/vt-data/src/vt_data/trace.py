@@ -55,6 +55,11 @@ def _checked(text: str, what: str) -> str:
     return text
 
 
+def render_time_tag(start: float, end: float) -> str:
+    """`<time>MM:SS-MM:SS</time>`: a triple's first tag (also what GRPO's guided spans write)."""
+    return f"<time>{format_span(start, end)}</time>"
+
+
 def render_triple(step: TraceStep) -> str:
     """`<time>MM:SS-MM:SS</time> <caption>…</caption> <think>…</think>` for one step (no lead).
 
@@ -63,7 +68,7 @@ def render_triple(step: TraceStep) -> str:
     _checked(step.caption, "caption")
     _checked(step.think, "think")
     return (
-        f"<time>{format_span(step.start, step.end)}</time> "
+        f"{render_time_tag(step.start, step.end)} "
         f"<caption>{step.caption}</caption> <think>{step.think}</think>"
     )
 

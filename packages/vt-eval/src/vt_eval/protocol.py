@@ -19,6 +19,8 @@ Presets (conf/protocol/*.yaml mirror them; `PRESETS` holds the same values for c
   the Video-R1 prompt (all reasoning in one `<think>`), ≤256×28×28 pixels, 16 frames (the frame count
   of Table 1), temperature 0.1 / top_p 0.001 / 1,024 tokens (VR1's code; its README says 0.01).
   Known gap: VR1 reads the *first* `<answer>` tag, our one scorer the *last* (benchmarks.md §1.2).
+- `video_thinker_qwen3vl`: `video_thinker` with the pixel budget in Qwen3-VL's units (its video processor
+  budgets the whole clip): 16 frames × 128 tokens × 32×32 = 2,097,152, the same 1,024-token ceiling.
 - `tiny_cpu`: the inputs of the tiny CPU experiment (`make demo`): 8 frames, the `compact` prompt, the
   tiny model's pixel floor and 96 new tokens. Not a paper setting; its numbers are the demo's only.
 
@@ -184,6 +186,8 @@ def prompt_hash(prompt_text: str, protocol: Protocol) -> str:
 PRESETS: dict[str, Protocol] = {
     "video_thinker": Protocol(),
     "video_r1": Protocol(name="video_r1", template="video_r1", max_pixels=256 * 28 * 28),
+    "video_thinker_qwen3vl": Protocol(name="video_thinker_qwen3vl", min_pixels=16 * 128 * 32 * 32,
+                                      max_pixels=16 * 128 * 32 * 32),
     "tiny_cpu": Protocol(name="tiny_cpu", num_frames=8, max_frames=8, template="compact",
                          min_pixels=4 * 28 * 28, max_new_tokens=96),
 }

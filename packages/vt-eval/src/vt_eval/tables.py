@@ -186,9 +186,10 @@ def faithfulness_notes(summary: Mapping[str, Any]) -> list[str]:
 
 
 def faithfulness_cell(column: str, value: Any) -> str:
-    """A faithfulness table cell: counts as integers, percentages with two decimals, "–" when missing."""
+    """A faithfulness table cell: counts as integers (a mean over seeds to one decimal), percentages with
+    two decimals, "–" when missing."""
     if column in ("n", "reliance_n"):  # counts
-        return MISSING if value is None else f"{value:g}"
+        return MISSING if value is None else f"{round(value, 1):g}"
     return number(value)
 
 

@@ -220,6 +220,7 @@ class GRPOModule(pl.LightningModule):
             self._pad_id,
             _base(self.model).config,
             advantage_scale=self.settings.advantage_scale,
+            train_forced_tokens=self.settings.guided_span_in_loss,
         )
         return collection, rollout
 
@@ -441,6 +442,12 @@ class GRPOModule(pl.LightningModule):
         diag = {name: torch.cat([g.diagnostics[name] for g in drawn]) for name in DIAGNOSTICS}
         out["accuracy"] = float(diag["accuracy"].mean())
         out["format_rate"] = float(diag["format"].mean())
+        guided = torch.tensor([n > 0 for g in drawn for n in (g.forced_lengths or [0] * g.size)])  # [M]
+        if bool(guided.any()):  # guided spans: does a drawn span earn more than the policy's own?
+            out["guided_share"] = float(guided.float().mean())
+            out["guided_reward_mean"] = float(rewards[guided].mean())
+            if bool((~guided).any()):
+                out["free_reward_mean"] = float(rewards[~guided].mean())
         grounded = torch.tensor([bool(g.item.record.segments) for g in drawn for _ in range(g.size)])
         if bool(grounded.any()):  # only where the sample has ground-truth segments
             out["grounding_iou"] = float(diag["temporal_iou"][grounded].mean())

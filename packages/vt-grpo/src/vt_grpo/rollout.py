@@ -9,6 +9,9 @@ Pieces (each usable alone; the Lightning module only calls them in order):
   `top_k`, stopping at `<|im_end|>` (end of turn) or after `max_completion_length` new tokens (then
   counted as truncated). Also records the sampling engine's per-token log-probs (raw logits, the
   vision placeholders excluded), logged beside the training model's, never used in the loss.
+  With `settings.guided_span_share` > 0 the first `guided_per_group` completions of each group start
+  from a span drawn at random (`draw_guided_span`, written as `<time>MM:SS-MM:SS</time>` and forced into
+  them: `Group.forced_lengths`); the policy writes everything after it.
 * `score_groups(groups, rewards)`: the weighted `RewardSet` over every completion, plus the accuracy,
   format and temporal-IoU diagnostics that are logged whether or not they are rewarded.
 * `collect_groups(draw, rollout, settings, sync)`: the step's groups. Zero-variance groups (every
@@ -76,6 +79,8 @@ class Group:
     finished[g]: False when cut at max_completion_length (truncated).
     rewards: [G] weighted total; scores: [G, K] per reward function (after `score_groups`).
     diagnostics: name -> [G] for DIAGNOSTICS.
+    forced_lengths[g]: how many of the first tokens were written for the completion, not sampled (a
+        guided span; 0 for a free completion). None: no completion was guided.
     """
 
     item: PromptItem
@@ -86,6 +91,7 @@ class Group:
     rewards: torch.Tensor | None = None
     scores: torch.Tensor | None = None
     diagnostics: dict[str, torch.Tensor] = field(default_factory=dict)
+    forced_lengths: list[int] | None = None
 
     @property
     def size(self) -> int:
@@ -115,9 +121,17 @@ def sample_groups(model, tokenizer, items: Sequence[PromptItem], settings: GRPOS
     engine = engine if engine is not None else HFRolloutEngine()
     groups: list[Group] = []
     chunk = settings.generation_chunk
+    G, guided = settings.generations_per_prompt, settings.guided_per_group
     for start in range(0, len(items), chunk):
         part = list(items[start : start + chunk])
-        out = engine.generate(model, tokenizer, [it.prompt for it in part], settings)
+        prompts = [it.prompt for it in part]
+        if guided:
+            grid = settings.guided_span_grid
+            prefixes = [guided_span_prefix(tokenizer, item.record, grid) if g < guided else None
+                        for item in part for g in range(G)]  # (P * G,) prompt-major
+            out = engine.generate(model, tokenizer, prompts, settings, forced_prefixes=prefixes)
+        else:
+            prefixes, out = None, engine.generate(model, tokenizer, prompts, settings)
         for p, item in enumerate(part):
             groups.append(
                 Group(
@@ -126,9 +140,39 @@ def sample_groups(model, tokenizer, items: Sequence[PromptItem], settings: GRPOS
                     texts=out.texts[p],
                     logprobs=out.logprobs[p] if out.logprobs is not None else None,
                     finished=out.finished[p],
+                    forced_lengths=None if prefixes is None else [
+                        len(prefixes[p * G + g] or ()) for g in range(G)],
                 )
             )
     return groups
+
+
+def draw_guided_span(duration: float, parts: int | None = None) -> tuple[float, float]:
+    """A random span inside [0, duration], never degenerate, drawn uniformly (torch's global RNG, so a
+    resumed run draws the same ones) among the pairs start < end on a grid: whole seconds (parts=None)
+    or the clip cut into `parts` equal pieces (a coarser prior: more drawn spans line up with events)."""
+    from vt_data.timespan import is_degenerate
+
+    if parts is None:
+        points = [float(s) for s in range(int(math.floor(duration)) + 1)]
+    else:
+        points = [round(duration * k / parts, 3) for k in range(parts + 1)]
+    pairs = [(a, b) for i, a in enumerate(points) for b in points[i + 1:]
+             if not is_degenerate((a, b), duration)]
+    if not pairs:
+        raise ValueError(f"no non-degenerate span on the grid fits a {duration} s clip")
+    return pairs[int(torch.randint(len(pairs), ()))]
+
+
+def guided_span_prefix(tokenizer, record: VideoQA, parts: int | None = None) -> list[int] | None:
+    """The token ids of `<time>MM:SS-MM:SS</time>` for a span drawn in `record`'s clip (trace grammar:
+    vt_data.trace), or None when the record has no duration to draw in (that completion stays free)."""
+    from vt_data.trace import render_time_tag
+
+    if not record.duration or record.duration < 2:
+        return None
+    start, end = draw_guided_span(float(record.duration), parts)
+    return list(tokenizer.encode(render_time_tag(start, end), add_special_tokens=False))
 
 
 def score_groups(groups: Sequence[Group], rewards: RewardSet) -> None:
@@ -336,10 +380,13 @@ class RolloutBatch:
 
 
 def build_rollout_batch(
-    groups: Sequence[Group], pad_token_id: int, model_config: Any, *, advantage_scale: str = "std"
+    groups: Sequence[Group], pad_token_id: int, model_config: Any, *, advantage_scale: str = "std",
+    train_forced_tokens: bool = True,
 ) -> RolloutBatch:
     """Scored groups -> one RolloutBatch (prompts collated with left padding, completions right-padded,
-    position ids by the model family's rule (Qwen2.5-VL: the original M-RoPE one), advantages per group)."""
+    position ids by the model family's rule (Qwen2.5-VL: the original M-RoPE one), advantages per group).
+    train_forced_tokens=False leaves the written (guided-span) tokens out of `completion_mask`, so the
+    loss sees only what the policy sampled (`GRPOSettings.guided_span_in_loss`)."""
     from vt_model.families import family_for_config
     from vt_model.generation import GenerationOutput, rollout_batch
 
@@ -377,6 +424,10 @@ def build_rollout_batch(
         for i, lp in enumerate(rows):
             cols = completion_mask[i].nonzero().squeeze(1)  # the completion's columns, in order
             rollout_logprobs[i, cols] = lp.float()
+    if not train_forced_tokens:  # after the log-probs above: they fill the completion's columns in order
+        forced = [n for g in groups for n in (g.forced_lengths or [0] * g.size)]  # [N]
+        for i, n in enumerate(forced):
+            completion_mask[i, completion_mask[i].nonzero().squeeze(1)[:n]] = False
     rewards = torch.cat([g.rewards for g in groups]).float()  # [N]
     advantages = group_advantages(rewards, G, scale=advantage_scale)  # [N]
     truncated = torch.tensor([not f for g in groups for f in g.finished], dtype=torch.bool)  # [N]

@@ -28,7 +28,9 @@ class RolloutEngine(Protocol):
 
     generate: prompts (`vt_model.prompts.encode_prompt` outputs) -> a `vt_model.generation.
         GenerationOutput` with G = settings.generations_per_prompt completions per prompt (prompt-major),
-        their per-token log-probs under the sampling engine, and `finished` flags.
+        their per-token log-probs under the sampling engine, and `finished` flags. `forced_prefixes`
+        (guided spans, `vt_grpo.rollout`): None, or one entry per completion, the token ids it must
+        start with (None: free); an engine that cannot force tokens refuses them.
     reads_policy_weights: True when generation runs on the training model's own parameters (then the
         module gathers them under ZeRO-3 around `generate`); False when the engine holds its own copy.
     after_update: the policy's weights changed (called after every optimizer step, on every rank).
@@ -39,7 +41,7 @@ class RolloutEngine(Protocol):
     reads_policy_weights: bool
 
     def generate(self, model: Any, tokenizer: Any, prompts: Sequence[Mapping[str, Any]],
-                 settings: Any) -> Any: ...
+                 settings: Any, forced_prefixes: Sequence[Sequence[int] | None] | None = None) -> Any: ...
 
     def after_update(self, model: Any, wrapped: Any = None) -> None: ...
 
@@ -61,7 +63,8 @@ class HFRolloutEngine:
             raise ValueError(f"prefill must be 'shared' or 'per_completion', got {prefill!r}")
         self.prefill = prefill
 
-    def generate(self, model: Any, tokenizer: Any, prompts: Sequence[Mapping[str, Any]], settings: Any):
+    def generate(self, model: Any, tokenizer: Any, prompts: Sequence[Mapping[str, Any]], settings: Any,
+                 forced_prefixes: Sequence[Sequence[int] | None] | None = None):
         from vt_model.generation import generate
 
         return generate(
@@ -77,6 +80,7 @@ class HFRolloutEngine:
             return_logprobs=True,
             prefill=self.prefill,
             span_temperature=getattr(settings, "span_temperature", None),
+            forced_prefixes=forced_prefixes,
         )
 
     def after_update(self, model: Any, wrapped: Any = None) -> None:

@@ -50,6 +50,16 @@ class GRPOSettings:
         same span gives a temporal-IoU reward nothing to choose between (vt_model.generation,
         `span_temperature`). Only the sampling changes: the loss's log-probs are the training model's,
         recomputed at `temperature`.
+    guided_span_share: the share of each group's completions (rounded to whole completions) that start
+        from a span drawn at random and written for them, `<time>MM:SS-MM:SS</time>` in whole seconds,
+        never degenerate (vt_data.timespan.is_degenerate); the policy writes the rest (caption, think,
+        answer). Exploration for span and clue rewards that cannot mangle the span's format, as sampling
+        the span at a high temperature does (experiments/tiny_cpu/README.md). 0 (default): off.
+    guided_span_grid: where drawn spans start and end: None, whole seconds; N, the clip cut into N equal
+        parts (e.g. 4: 0, 2, 4, 6, 8 s of an 8-s clip).
+    guided_span_in_loss: True: the written span's tokens count in the loss like sampled ones, so a
+        rewarded span is learned (advantage-weighted imitation, off-policy for those tokens); False:
+        they are masked out and only what the policy wrote after them is trained.
     skip_zero_variance: drop zero-variance groups and draw more prompts (module docstring).
     max_prompt_draws_per_step: cap on prompts drawn per step over all ranks (None: 4 × prompts_per_step).
     prompts_per_generation: prompts per `generate` call on one rank (memory; None: the rank's quota).
@@ -74,6 +84,9 @@ class GRPOSettings:
     top_p: float = 1.0
     top_k: int = 0
     span_temperature: float | None = None
+    guided_span_share: float = 0.0
+    guided_span_grid: int | None = None
+    guided_span_in_loss: bool = True
     skip_zero_variance: bool = True
     max_prompt_draws_per_step: int | None = None
     prompts_per_generation: int | None = None
@@ -134,6 +147,10 @@ class GRPOSettings:
             raise ValueError(f"temperature must be > 0 (rollouts sample), got {self.temperature}")
         if self.span_temperature is not None and not self.span_temperature > 0:
             raise ValueError(f"span_temperature must be > 0 or None, got {self.span_temperature}")
+        if not 0 <= self.guided_span_share <= 1:
+            raise ValueError(f"guided_span_share must be in [0, 1], got {self.guided_span_share}")
+        if self.guided_span_grid is not None and self.guided_span_grid < 2:
+            raise ValueError(f"guided_span_grid must be >= 2 or None, got {self.guided_span_grid}")
         if not 0 < self.top_p <= 1 or self.top_k < 0:
             raise ValueError(
                 f"need 0 < top_p <= 1 and top_k >= 0, got top_p={self.top_p}, top_k={self.top_k}"
@@ -148,6 +165,11 @@ class GRPOSettings:
             raise ValueError("max_grad_norm must be >= 0 or None")
 
     # -- derived sizes ----------------------------------------------------------------------------
+    @property
+    def guided_per_group(self) -> int:
+        """Completions of each group that start from a drawn span (guided_span_share × G, rounded)."""
+        return int(round(self.guided_span_share * self.generations_per_prompt))
+
     @property
     def completions_per_step(self) -> int:
         """Completions in one update over all ranks (prompts_per_step × G)."""

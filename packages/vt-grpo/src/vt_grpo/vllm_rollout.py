@@ -8,11 +8,14 @@ policy weights, so a resumed run samples from the resumed policy.
 
 Per round (`generate`):
 1. the prompts' videos go through the TRAINING model's vision tower once (`encode_videos`); vLLM gets
-   those features as `video_embeds` with the grid and `second_per_grid_ts`, and our prompt ids
-   (`vt_model.engines.vllm.embeds_request`): the engine sees the same features, video tokens and
-   timing as the loss (`requests` builds them; the tests send them with greedy settings too);
-2. before sending, every video's temporal M-RoPE ids are checked against vLLM's float64 rule and, after
-   generation, the prompt ids vLLM ran against ours (`check_prompt_parity`): any difference raises
+   those features as `video_embeds` with our prompt ids and what the policy's model family needs to
+   expand them (`ModelFamily.vllm_embeds_request`: Qwen2.5-VL the grid and `second_per_grid_ts`,
+   Qwen3-VL the grid and the `<t seconds>` times, its DeepStack features packed beside the merged
+   ones): the engine sees the same features, video tokens and timing as the loss (`requests` builds
+   them; the tests send them with greedy settings too);
+2. before sending, every prompt's M-RoPE ids are checked against vLLM's rule
+   (`ModelFamily.vllm_position_mismatch`: Qwen2.5-VL's float64 temporal ids) and, after generation,
+   the prompt ids vLLM ran against ours (`check_prompt_parity`): any difference raises
    `RolloutInputMismatch` naming the prompt, instead of training on inputs the rollout did not see;
 3. `n = G` completions per prompt with vLLM's sampler (temperature / top-p / top-k as the settings, the
    vision placeholders biased out, stop at `<|im_end|>`), prefix caching on; per-token log-probs of the
@@ -68,7 +71,7 @@ class VLLMRolloutEngine:
         import torch
 
         from vt_model.engines.vllm import build_vllm_llm
-        from vt_model.processing import VideoProcessorConfig
+        from vt_model.families import family_for_config
 
         base = model.get_base_model() if hasattr(model, "get_base_model") else model
         path = self.model_path or getattr(base.config, "_name_or_path", None)
@@ -80,9 +83,9 @@ class VLLMRolloutEngine:
             dtype = str(next(base.parameters()).dtype).removeprefix("torch.")
         if self.enable_sleep_mode is None:
             self.enable_sleep_mode = torch.cuda.is_available()
+        video_config = self.video_config or family_for_config(base.config).video_config_from_pretrained(path)
         self.llm = build_vllm_llm(
-            path, dtype=dtype, max_model_len=self.max_model_len, seed=self.seed,
-            video_config=self.video_config or VideoProcessorConfig.from_pretrained(path),
+            path, dtype=dtype, max_model_len=self.max_model_len, seed=self.seed, video_config=video_config,
             gpu_memory_utilization=self.gpu_memory_utilization, enable_sleep_mode=self.enable_sleep_mode,
             enable_mm_embeds=True, enforce_eager=self.enforce_eager, **self.engine_options)
         self._push(model)  # a resumed policy is not the directory's weights
@@ -132,45 +135,42 @@ class VLLMRolloutEngine:
     # ------------------------------------------------------------------------------ rollouts
     def requests(self, model: Any, tokenizer: Any, prompts: Sequence[Mapping[str, Any]]) -> list[dict]:
         """The vLLM requests of `prompts` (`encode_prompt` outputs): each video's features from the
-        training model's vision tower, our ids, grid and `second_per_grid_ts` (`embeds_request`).
-        Raises `RolloutInputMismatch` naming the prompt when vLLM's float64 temporal ids would differ
-        from ours."""
+        training model's vision tower with our ids (`ModelFamily.vllm_embeds_request`). Raises
+        `RolloutInputMismatch` naming the prompt when vLLM would place its position ids differently
+        from ours (`ModelFamily.vllm_position_mismatch`)."""
         import torch
 
         from vt_model.collate import collate_prompts
-        from vt_model.engines.vllm import RolloutInputMismatch, embeds_request, float64_temporal_mismatch
+        from vt_model.engines.vllm import RolloutInputMismatch
+        from vt_model.families import family_for_config
         from vt_model.generation import encode_videos
         from vt_model.prompts import special_ids
 
         base = model.get_base_model() if hasattr(model, "get_base_model") else model
-        tokens_per_second = base.config.vision_config.tokens_per_second
+        family = family_for_config(base.config)
         for i, prompt in enumerate(prompts):  # before the vision tower runs: refusing costs nothing
-            spgt = float(prompt["second_per_grid_ts"].reshape(-1)[0])
-            steps = float64_temporal_mismatch(int(prompt["video_grid_thw"].reshape(-1)[0]), spgt,
-                                              tokens_per_second)
-            if steps:
-                raise RolloutInputMismatch(
-                    f"prompt {i}: vLLM computes temporal position ids in float64 and would place grid steps "
-                    f"{steps} one id lower than training (second_per_grid_ts={spgt!r}); sample frames at "
-                    f"another rate, or use rollout=hf for this data")
-        ids = special_ids(tokenizer)
-        batch = collate_prompts(list(prompts), ids.pad)
+            reason = family.vllm_position_mismatch(base.config, prompt)
+            if reason:
+                raise RolloutInputMismatch(f"prompt {i}: {reason}")
+        batch = collate_prompts(list(prompts), special_ids(tokenizer).pad)
         device = next(model.parameters()).device
         with torch.no_grad():
             features = encode_videos(model, batch["pixel_values_videos"].to(device),
                                      batch["video_grid_thw"].to(device))
-        return [embeds_request(prompt["input_ids"].tolist(), ids.video_pad, feature.float().cpu(),
-                               prompt["video_grid_thw"].reshape(1, 3),
-                               prompt["second_per_grid_ts"].reshape(1))
+        return [family.vllm_embeds_request(tokenizer, prompt, feature.float().cpu())
                 for prompt, feature in zip(prompts, features, strict=True)]
 
-    def generate(self, model: Any, tokenizer: Any, prompts: Sequence[Mapping[str, Any]], settings: Any):
+    def generate(self, model: Any, tokenizer: Any, prompts: Sequence[Mapping[str, Any]], settings: Any,
+                 forced_prefixes: Sequence[Sequence[int] | None] | None = None):
         import torch
 
         from vt_model.engines.vllm import check_prompt_parity, sampled_logprobs, vllm_sampling_params
         from vt_model.generation import GenerationOutput, placeholder_ids
         from vt_model.prompts import special_ids
 
+        if forced_prefixes is not None:  # n = G samples share one request: no per-completion prefix
+            raise ValueError("grpo.guided_span_share needs rollout=hf: the vLLM engine samples a prompt's G "
+                             "completions as one request and cannot write a span into some of them")
         if getattr(settings, "span_temperature", None) is not None:
             raise ValueError("grpo.span_temperature needs rollout=hf: vLLM samples every token at one "
                              "temperature")

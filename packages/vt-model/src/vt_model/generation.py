@@ -253,10 +253,23 @@ class _SpanTracker:
         self.inside = torch.tensor(inside, dtype=torch.bool, device=self.inside.device)
 
 
+def _forced_tokens(prefixes: Sequence[Sequence[int] | None], rows: int, device) -> torch.Tensor:
+    """`forced_prefixes` -> (rows, F) int64, -1 past each row's prefix (and on free rows)."""
+    if len(prefixes) != rows:
+        raise ValueError(f"forced_prefixes has {len(prefixes)} entries for {rows} completions (B * G)")
+    width = max((len(p) for p in prefixes if p is not None), default=0)
+    forced = torch.full((rows, width), -1, dtype=torch.long)
+    for row, prefix in enumerate(prefixes):
+        if prefix:
+            forced[row, : len(prefix)] = torch.as_tensor([int(t) for t in prefix], dtype=torch.long)
+    return forced.to(device)
+
+
 def _shared_prefill_decode(model, batch: Mapping[str, Any], G: int, *, encoder_outputs: dict | None,
                            suppressed: torch.Tensor, stop_ids: torch.Tensor, pad_id: int,
                            max_new_tokens: int, do_sample: bool, temperature: float, top_k: int,
-                           top_p: float, return_logprobs: bool, span_tracker: _SpanTracker | None = None
+                           top_p: float, return_logprobs: bool, span_tracker: _SpanTracker | None = None,
+                           forced: torch.Tensor | None = None
                            ) -> tuple[torch.Tensor, torch.Tensor | None]:
     """Prefill the B prompts ONCE, repeat their KV cache G times, decode the B * G rows.
 
@@ -269,6 +282,9 @@ def _shared_prefill_decode(model, batch: Mapping[str, Any], G: int, *, encoder_o
     generate derives when it is given position_ids. The KV cache holds each prompt once until the
     repeat: the prefill costs B rows, not B * G (transformers' generate prefills all B * G rows).
     span_tracker: per-row temperatures inside `<time>` spans (None: `temperature` for every token).
+    forced: (B*G, F) int64, the tokens each row must start with, -1 where a row is free (`forced_prefixes`
+    of generate). A forced token replaces the sampled one after sampling, so every row draws from the
+    RNG exactly as without forcing and the free rows come out the same.
     """
     prefill = model(
         input_ids=batch["input_ids"],
@@ -293,6 +309,8 @@ def _shared_prefill_decode(model, batch: Mapping[str, Any], G: int, *, encoder_o
         step_temperature = temperature if span_tracker is None else span_tracker.temperatures()
         chosen = _next_tokens(logits, do_sample=do_sample, temperature=step_temperature, top_k=top_k,
                               top_p=top_p)
+        if forced is not None and step < forced.shape[1]:
+            chosen = torch.where(forced[:, step] >= 0, forced[:, step], chosen)
         if return_logprobs:
             token_logprobs.append(torch.log_softmax(logits, dim=-1).gather(1, chosen[:, None]).squeeze(1))
         chosen = torch.where(unfinished, chosen, torch.full_like(chosen, pad_id))
@@ -334,6 +352,7 @@ def generate(
     prefill: str = "shared",
     encode_once: bool = True,
     span_temperature: float | None = None,
+    forced_prefixes: Sequence[Sequence[int] | None] | None = None,
 ) -> GenerationOutput:
     """G = num_return_sequences completions for each prompt, the video encoded once per prompt.
 
@@ -354,6 +373,9 @@ def generate(
     `</time>` is complete) at this temperature, every other token at `temperature` (`_SpanTracker`;
     exploration of spans for GRPO). Needs sampling and the shared-prefill path. Recorded log-probs stay
     those of the raw logits. None (default): one temperature for every token, the path unchanged.
+    forced_prefixes: one entry per completion (B * G, prompt-major): token ids that completion must
+    start with (written into it as if sampled; their log-probs are the raw logits' like any other), or
+    None for a free completion. GRPO's guided spans (vt_grpo.rollout). Shared-prefill path only.
     Runs under no_grad in the model's current mode: call model.eval() first (dropout; and transformers
     turns the KV cache off for a model in training mode with gradient checkpointing).
     """
@@ -366,6 +388,8 @@ def generate(
         raise ValueError("span_temperature must be > 0 and needs do_sample=True on the shared-prefill path "
                          f"(prefill='shared', encode_once=True); got {span_temperature!r}, do_sample="
                          f"{do_sample}, prefill={prefill!r}, encode_once={encode_once}")
+    if forced_prefixes is not None and not (prefill == "shared" and encode_once):
+        raise ValueError("forced_prefixes needs the shared-prefill path (prefill='shared', encode_once=True)")
     ids = special_ids(tokenizer)
     G = num_return_sequences
     batch = dict(_as_prompt_batch(prompt_batch, ids.pad))
@@ -391,6 +415,8 @@ def generate(
             top_k=top_k, top_p=top_p, return_logprobs=return_logprobs,
             span_tracker=None if span_temperature is None else _SpanTracker(
                 tokenizer, num_prompts * G, temperature, span_temperature, device),
+            forced=(None if forced_prefixes is None
+                    else _forced_tokens(forced_prefixes, num_prompts * G, device)),
         )  # (B*G, T)
     else:
         completions, token_logprobs = _generate_per_completion(

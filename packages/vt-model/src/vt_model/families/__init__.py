@@ -16,7 +16,12 @@ A family answers, for its checkpoints:
     features)`: the vision tower run once, one tensor per video, and those tensors back as the forward's
     `mm_encoder_outputs` (Qwen3-VL packs its DeepStack features beside the merged ones);
   * `chat_template` / `prepare_tokenizer(tokenizer)`, `tiny_config(...)`, `model_class()`: what
-    `vt_model.tiny` needs to write a complete random model directory of the family.
+    `vt_model.tiny` needs to write a complete random model directory of the family;
+  * vLLM (`vt_model.engines.vllm`, `vt_grpo.vllm_rollout`): `vllm_frames_request(text, frames, timestamps,
+    config)` and `vllm_embeds_request(tokenizer, prompt, features)` build requests that vLLM's processor
+    for the family expands to exactly our prompt ids (timing, video tokens and grid included; from
+    decoded frames, or from features of our own vision tower), and `vllm_position_mismatch(model_config,
+    prompt)` says why vLLM would still place a prompt's M-RoPE ids differently (None when it would not).
 
 Callers above vt-model hold a family object and never branch on its name. Family modules are imported on
 first lookup, so importing this registry stays cheap and free of import cycles with vt_model.prompts.
@@ -85,6 +90,14 @@ class ModelFamily(Protocol):
 
     def video_encoder_outputs(self, model_config: Any,
                               features: Sequence[torch.Tensor]) -> dict[str, Any]: ...
+
+    def vllm_frames_request(self, text: str, frames: Any, timestamps: Sequence[float],
+                            config: Any | None = None) -> dict[str, Any]: ...
+
+    def vllm_embeds_request(self, tokenizer: Any, prompt: Mapping[str, Any],
+                            features: torch.Tensor) -> dict[str, Any]: ...
+
+    def vllm_position_mismatch(self, model_config: Any, prompt: Mapping[str, Any]) -> str | None: ...
 
     def prepare_tokenizer(self, tokenizer: Any) -> Any: ...
 

@@ -37,6 +37,25 @@ at the block's largest id + 1 (= start + max(h, w) / 2). Time is carried by the 
 the ids, so there is no `second_per_grid_ts` and transformers 4.57 and 5.23 agree. The model takes
 pixel_values_videos, video_grid_thw, mm_token_type_ids (needed when it computes positions itself; 5.x
 raises without it) and optionally position_ids (3, B, L).
+
+vLLM (0.32; model_executor/models/qwen3_vl.py, used by vt_model.engines.vllm and vt_grpo.vllm_rollout):
+  * Its processor replaces a placeholder in the prompt ids with `<t seconds>` + frame block per temporal
+    group, each timestamp tokenised on its own (`get_video_repl`). Which placeholder depends on the
+    transformers beside it: the whole `<|vision_start|><|video_pad|><|vision_end|>` when transformers'
+    Qwen3VLProcessor keeps the generic `replace_video_token`, only `<|video_pad|>` (keeping the outer
+    pair) when it overrides it (transformers >= 5.10; `_expands_only_video_token`). `vllm_placeholder`
+    makes the same test, and the requests write the placeholder so that vLLM's expansion gives the
+    config's layout (`outer_vision_tokens`) either way.
+  * Frames: pre-sampled frames are not re-sampled (do_sample_frames False), and the timestamps are
+    frames_indices / fps (`_get_video_second_idx`, then the same pair mean as `group_timestamps`), so
+    `vllm_video_metadata` passes the frames' own seconds at fps 1: its `<t seconds>` text is ours.
+    `min_pixels` / `max_pixels` engine kwargs become the video processor's whole-clip `size`.
+  * Precomputed features (`enable_mm_embeds`): `video_embeds` (n_tokens, hidden * (1 + D)), the merged
+    features followed by the D DeepStack levels (it splits them at `visual_dim`, exactly
+    `Qwen3VLFamily.video_features`' packing), `video_grid_thw` and `timestamps` (one list per video),
+    which size and print the replacement; `vllm_embeds_request` reads the timestamps back from our ids.
+  * Positions: integer ids from the ids and the grid by the same block rule (`_get_mrope_input_positions`),
+    no timing in them, so equal prompt ids give equal positions.
 """
 
 from __future__ import annotations
@@ -63,7 +82,7 @@ from vt_model.processing import (
     normalize_frames,
     patchify,
 )
-from vt_model.prompts import VIDEO_PAD, VISION_END, VISION_START, tokenize
+from vt_model.prompts import VIDEO_PAD, VISION_END, VISION_START, special_ids, tokenize
 
 # transformers' IMAGENET_STANDARD_MEAN / IMAGENET_STANDARD_STD, what Qwen3VLVideoProcessor normalises with
 QWEN3_VL_MEAN = (0.5, 0.5, 0.5)
@@ -378,6 +397,65 @@ def model_inputs_positions(model_config: Any, batch: Mapping[str, Any]) -> dict[
     return {"position_ids": position_ids}
 
 
+def vllm_placeholder() -> str:
+    """The video placeholder vLLM's Qwen3-VL processor replaces (module docstring, "vLLM"): only
+    `<|video_pad|>` when transformers' Qwen3VLProcessor overrides `replace_video_token`, else the whole
+    `<|vision_start|><|video_pad|><|vision_end|>` (Qwen3VLMultiModalProcessor._expands_only_video_token)."""
+    from transformers import ProcessorMixin
+    from transformers.models.qwen3_vl.processing_qwen3_vl import Qwen3VLProcessor
+
+    generic = getattr(ProcessorMixin, "replace_video_token", None)
+    override = getattr(Qwen3VLProcessor, "replace_video_token", None)
+    return VIDEO_PAD if override is not None and override is not generic else VIDEO_ITEM
+
+
+def vllm_prompt_text(text: str, outer_vision_tokens: bool = False) -> str:
+    """A rendered prompt (the chat template's `<|vision_start|><|video_pad|><|vision_end|>` per video)
+    as vLLM must get it to expand each video to our layout: vLLM's placeholder, inside the outer
+    start / end pair when `outer_vision_tokens`."""
+    placeholder = vllm_placeholder()
+    if outer_vision_tokens:
+        placeholder = VISION_START + placeholder + VISION_END
+    return text.replace(VIDEO_ITEM, placeholder)
+
+
+def vllm_video_metadata(timestamps: Sequence[float] | np.ndarray | torch.Tensor) -> dict[str, Any]:
+    """Metadata for pre-sampled frames that makes vLLM's Qwen3-VL processor compute our group times:
+    frames_indices / fps with the frames' seconds as indices and fps 1 (module docstring, "vLLM")."""
+    seconds = [float(t) for t in np.asarray(timestamps.cpu() if isinstance(timestamps, torch.Tensor)
+                                            else timestamps, dtype=np.float64).reshape(-1)]
+    return {"fps": 1.0, "duration": float(len(seconds)), "total_num_frames": len(seconds),
+            "frames_indices": seconds, "video_backend": "decord"}
+
+
+_TIMESTAMP_AT_END = re.compile(r"<(\d+(?:\.\d+)?) seconds>$")
+
+
+def video_span(tokenizer: Any, input_ids: Sequence[int], grid_t: int) -> tuple[int, int, list[float]]:
+    """Where our expanded video sits in prompt ids with one video: (start, end) of the part vLLM writes
+    for it (first `<t seconds>` token .. last frame block's `<|vision_end|>`, end exclusive; the outer
+    start / end pair of the transformers 5.x layout stays outside) and the grid_t times the
+    `<t seconds>` texts print. Raises ValueError when the ids do not hold grid_t timestamped blocks."""
+    ids = special_ids(tokenizer)
+    tokens = [int(t) for t in input_ids]
+    starts = [i for i in range(len(tokens) - 1)
+              if tokens[i] == ids.vision_start and tokens[i + 1] == ids.video_pad]
+    if len(starts) != grid_t:
+        raise ValueError(f"the prompt ids hold {len(starts)} frame blocks, the video grid {grid_t}")
+    ends = [tokens.index(ids.vision_end, start) for start in starts]
+    # each block's timestamp text: the end of the prompt before the first, the ids between blocks later
+    texts = [tokenizer.decode(tokens[:starts[0]])]
+    texts += [tokenizer.decode(tokens[end + 1:start]) for end, start in zip(ends, starts[1:], strict=False)]
+    times = []
+    for k, text in enumerate(texts):
+        match = _TIMESTAMP_AT_END.search(text)
+        if match is None:
+            raise ValueError(f"frame block {k} of the prompt ids is not preceded by a <t seconds> text")
+        times.append(float(match.group(1)))
+    first = tokenize(tokenizer, f"<{times[0]:.1f} seconds>")  # as vLLM tokenises it: on its own
+    return starts[0] - len(first), ends[-1] + 1, times
+
+
 # The Qwen3-VL instruct chat template: the Qwen2.5-VL one (vt_model.offline_tokenizers) without its
 # default system turn. That is the one difference the released Qwen3-VL-*-Instruct template shows for
 # system / user / assistant turns (tools aside): a system turn only when the messages start with one;
@@ -455,6 +533,33 @@ class Qwen3VLFamily:
         return {"video": BaseModelOutputWithDeepstackFeatures(
             pooler_output=[s[0] for s in split],
             deepstack_features=[tuple(s[k] for s in split) for k in range(1, parts)])}
+
+    # --- vLLM (vt_model.engines.vllm; module docstring, "vLLM") ---------------------------------------
+    def vllm_frames_request(self, text: str, frames: Any, timestamps: Sequence[float],
+                            config: Qwen3VLVideoConfig | None = None) -> dict[str, Any]:
+        """A vLLM request for decoded uint8 frames (T, H, W, 3): the rendered prompt with vLLM's
+        placeholder (`vllm_prompt_text`) and the frames with `vllm_video_metadata`."""
+        outer = (config or Qwen3VLVideoConfig()).outer_vision_tokens
+        return {"prompt": vllm_prompt_text(text, outer),
+                "multi_modal_data": {"video": (frames, vllm_video_metadata(timestamps))}}
+
+    def vllm_embeds_request(self, tokenizer: Any, prompt: Mapping[str, Any], features: torch.Tensor
+                            ) -> dict[str, Any]:
+        """A vLLM request carrying our own features of the prompt's video (an `encode_prompt` output):
+        its ids with the video's blocks replaced by vLLM's placeholder (`video_span`), `video_embeds`
+        (n_tokens, hidden * (1 + D), `video_features`' packing), the grid (1, 3) and the timestamps."""
+        grid = prompt["video_grid_thw"].reshape(1, 3)
+        input_ids = [int(t) for t in prompt["input_ids"].tolist()]
+        start, end, times = video_span(tokenizer, input_ids, int(grid[0, 0]))
+        placeholder = [special_ids(tokenizer).video_pad] if vllm_placeholder() == VIDEO_PAD else \
+            tokenize(tokenizer, VIDEO_ITEM)
+        return {"prompt_token_ids": input_ids[:start] + placeholder + input_ids[end:],
+                "multi_modal_data": {"video": {"video_embeds": features, "video_grid_thw": grid,
+                                               "timestamps": [times]}}}
+
+    def vllm_position_mismatch(self, model_config: Any, prompt: Mapping[str, Any]) -> str | None:
+        """Never: Qwen3-VL's ids carry no timing, so equal prompt ids give vLLM our positions."""
+        return None
 
     # --- building a model directory ----------------------------------------------------------------
     def prepare_tokenizer(self, tokenizer: Any) -> Any:
