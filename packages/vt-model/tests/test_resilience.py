@@ -2,7 +2,8 @@
 preemption signals are only recorded by the handler, handed over after the checkpoint (to the handler
 that owned the signal before, else `scontrol requeue` on rank 0), and given back when no step boundary
 comes within the grace period; a checkpoint counts only when its meta.json and files agree; a rank whose
-heartbeat stopped, or whose process is gone, is named. The runs with real processes are in vt-sft's
+heartbeat stopped, or whose process is gone, is named; a killed rank's forked workers die with it, so
+its connections close at once. The runs with real processes are in vt-sft's
 and vt-grpo's test_preemption.py."""
 
 from __future__ import annotations
@@ -21,7 +22,11 @@ import pytest
 pytest.importorskip("lightning")
 
 from vt_model.training.checkpointing import complete_checkpoints, find_latest_checkpoint  # noqa: E402
-from vt_model.training.resilience import PeerWatch, Preemption  # noqa: E402
+from vt_model.training.resilience import (  # noqa: E402
+    PeerWatch,
+    Preemption,
+    children_die_with_this_process,
+)
 
 ONE_RANK = SimpleNamespace(world_size=1)
 
@@ -159,3 +164,43 @@ def test_peer_watch_names_the_rank_whose_heartbeat_stopped_or_whose_process_is_g
     finally:
         for watch in watches:
             watch.stop()
+
+
+def test_a_killed_rank_takes_its_forked_worker_and_so_its_connections_with_it():
+    # A DataLoader worker forked by a rank holds copies of the rank's sockets. Left to torch, an orphaned
+    # worker exits only when its watchdog notices, up to 5 s later: until then its peer's collectives see
+    # the connection open (the soak's slow detections, experiments/perf/README.md).
+    listener = socket.create_server(("127.0.0.1", 0))
+    listener.settimeout(10)
+    ready, tell = os.pipe()
+    rank = os.fork()
+    if rank == 0:  # a rank connected to its peer (this test), forking a worker that waits for requests
+        try:
+            _connection = socket.create_connection(listener.getsockname())  # held open
+            children_die_with_this_process()
+            worker = os.fork()
+            if worker == 0:
+                time.sleep(30)
+                os._exit(0)
+            os.write(tell, f"{worker}\n".encode())
+            time.sleep(30)
+        finally:
+            os._exit(1)
+    os.close(tell)
+    peer, _ = listener.accept()
+    worker = int(os.read(ready, 64))
+    try:
+        os.kill(rank, signal.SIGKILL)
+        os.waitpid(rank, 0)
+        peer.settimeout(3)
+        started = time.monotonic()
+        assert peer.recv(1) == b""  # closed: no process holds the rank's end of the connection any more
+        assert time.monotonic() - started < 1.0
+    finally:
+        try:
+            os.kill(worker, signal.SIGKILL)  # only there if the test failed
+        except ProcessLookupError:
+            pass
+        for closable in (peer, listener):
+            closable.close()
+        os.close(ready)

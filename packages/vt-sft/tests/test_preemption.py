@@ -12,20 +12,25 @@ signals come from vt_model.training.faults, which sends them to its own process 
    `scontrol`), Lightning's own SLURM requeue stays out of it; SIGKILL of rank 1 makes rank 0 exit within
    a bounded time with an error naming rank 1; the third launch resumes and ends equal to the one-node
    run (the DDP invariance test's tolerance; in practice bit-identical).
-3. The disk fills while a checkpoint is written (a small tmpfs mounted over the checkpoint directory; root
-   only): the error says so, the previous checkpoint stays complete and loadable, and the rerun resumes
-   from it.
+3. ZeRO-2 on two processes (DeepSpeed's sharded checkpoint): SIGUSR1 on rank 1 in the first micro-batch
+   of a step with accumulation 2; both ranks finish the step, save it and exit 75; the requeued run
+   ends bit-identical to an uninterrupted ZeRO-2 run, with the same samples on every rank.
+4. The disk fills while a checkpoint is written (a small tmpfs over the checkpoint directory: mounted
+   as root, else in a user namespace): the error says so, the previous checkpoint stays complete and
+   loadable, and the rerun resumes from it.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import shlex
 import signal
 import socket
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -214,23 +219,94 @@ def test_two_nodes_survive_preemption_and_a_lost_rank_and_equal_one_node(sft, tm
         assert _keys_by_step(sft, two_nodes, rank) == _keys_by_step(sft, one_node, rank)
 
 
+# ------------------------------------------------------------------------------------- ZeRO-2
+
+ZERO2_STEPS, ZERO2_PREEMPT_AT = 4, 2
+
+
+@pytest.mark.slow
+@pytest.mark.distributed
+def test_a_signal_mid_step_under_zero2_checkpoints_and_the_requeued_run_is_bit_identical(sft, tmp_path):
+    straight, run = tmp_path / "straight", tmp_path / "preempted"
+    # Accumulation 2: the signal lands in the first micro-batch of a step, the checkpoint must wait for
+    # DeepSpeed's optimizer step after the second.
+    base = [*sft.overrides, f"trainer.max_steps={ZERO2_STEPS}", "batch.micro_batch_per_device=1",
+            "batch.grad_accum=2", "callbacks.checkpoint.every_n_steps=0",
+            "callbacks.checkpoint.keep_last=null",
+            "trainer/strategy=deepspeed_z2_cpu", "trainer.devices=2", "trainer.strategy.timeout.seconds=120"]
+    args = [*base, f"hydra.run.dir={run}",
+            _faults({"step": ZERO2_PREEMPT_AT, "at": "backward", "signal": "SIGUSR1", "rank": 1})]
+
+    # The uninterrupted run alongside the preempted one: a launch leaves a core idle for much of its time
+    # (rank 1 starts importing only once rank 0 has; start-up, exit), so the two overlap well.
+    command = [sys.executable, "-m", "vt_sft.cli", *base, f"hydra.run.dir={straight}"]
+    with open(tmp_path / "straight.log", "w+") as log:
+        uninterrupted = subprocess.Popen(command, cwd=sft.root, stdout=log, stderr=subprocess.STDOUT)
+        try:
+            preempted = sft.run_cli(args, check=False)  # rank 1 only is told; both stop after that step
+            uninterrupted.wait(300)
+        finally:
+            uninterrupted.kill()
+            uninterrupted.wait()
+        log.seek(0)
+        assert uninterrupted.returncode == 0, log.read()[-3000:]
+    assert preempted.returncode == 75, preempted.stderr[-3000:]
+    fired = (run / "faults" / "fault-0-rank1.fired").read_text()
+    assert f"SIGUSR1 at backward of step {ZERO2_PREEMPT_AT}" in fired
+    assert _steps(run) == [ZERO2_PREEMPT_AT] and max(sft.step_losses(run)) == ZERO2_PREEMPT_AT
+    checkpoint = run / "checkpoints" / f"step-{ZERO2_PREEMPT_AT:08d}"
+    assert (checkpoint / "model.ckpt").is_dir()  # DeepSpeed's sharded state, not Lightning's one file
+    assert not (run / "hf_model").exists()
+    resumed = sft.run_cli(args)
+    assert f"step-{ZERO2_PREEMPT_AT:08d}" in resumed.stdout + resumed.stderr
+
+    reference, result = _weights(straight), _weights(run)
+    assert reference.keys() == result.keys()
+    different = [key for key in reference if not torch.equal(reference[key], result[key])]
+    assert not different, different[:5]
+    assert sft.step_losses(run) == sft.step_losses(straight)
+    for rank in range(2):  # every micro-batch of every step once, as in the uninterrupted run
+        keys = _keys_by_step(sft, run, rank)
+        assert keys == _keys_by_step(sft, straight, rank) and sorted(keys) == list(range(1, ZERO2_STEPS + 1))
+        order = [k for s in range(1, ZERO2_STEPS + 1) for k in keys[s]]
+        assert len(order) == 2 * ZERO2_STEPS and len(set(order)) == len(order)
+
+
 # ------------------------------------------------------------------------------------- disk full
 
 
 @pytest.fixture
 def small_disk(tmp_path):
-    """A 64 MiB tmpfs mounted as the run's checkpoint directory (root only), unmounted afterwards."""
+    """A 64 MiB tmpfs as the run's checkpoint directory, gone afterwards. As root it is mounted in place;
+    otherwise in a user and mount namespace of our own (`unshare --user --map-root-user --mount`, no
+    privilege needed where the kernel allows user namespaces), held by a sleeping process: the test
+    reaches the tmpfs through that process's view of the file system, /proc/<pid>/root, and meets the
+    same ENOSPC."""
     mount = tmp_path / "run" / "checkpoints"
     mount.mkdir(parents=True)
-    done = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=64m", "tmpfs", str(mount)],
-                          capture_output=True,
-                          text=True)
-    if done.returncode != 0:
-        pytest.skip(f"cannot mount a tmpfs here (needs root): {done.stderr.strip()}")
+    command = ["mount", "-t", "tmpfs", "-o", "size=64m", "tmpfs", str(mount)]
+    done = subprocess.run(command, capture_output=True, text=True)
+    if done.returncode == 0:
+        try:
+            yield mount
+        finally:
+            subprocess.run(["umount", "-l", str(mount)], check=False)
+        return
     try:
-        yield mount
+        holder = subprocess.Popen(["unshare", "--user", "--map-root-user", "--mount", "sh", "-c",
+                                   f"{shlex.join(command)} && echo mounted && exec sleep 3600"],
+                                  stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    except OSError as exc:
+        pytest.skip(f"cannot mount a tmpfs: not root ({done.stderr.strip()}) and no unshare ({exc})")
+    try:
+        if holder.stdout.readline().strip() != "mounted":
+            holder.kill()
+            pytest.skip(f"cannot mount a tmpfs: not root ({done.stderr.strip()}) and no user namespace "
+                        f"({holder.communicate()[1].strip()})")
+        yield Path(f"/proc/{holder.pid}/root") / mount.relative_to(mount.anchor)
     finally:
-        subprocess.run(["umount", "-l", str(mount)], check=False)
+        holder.kill()  # the last process of the namespace: its tmpfs goes with it
+        holder.wait()
 
 
 @pytest.mark.slow

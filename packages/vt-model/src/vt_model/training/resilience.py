@@ -33,16 +33,21 @@ a collective waits up to the process group's timeout (`trainer.strategy.timeout`
 conf/trainer/strategy/*.yaml). Either way the failing rank's error does not say which rank went away.
 `PeerWatch` keeps a heartbeat counter per rank in a store next to the process group's (a `TCPStore`
 client of MASTER_ADDR:MASTER_PORT); when `trainer.fit` fails, the ranks whose counter stopped, or whose
-process is gone on this host, are named in a `RankLostError`.
+process is gone on this host, are named in a `RankLostError`. A killed rank's connections close only
+when no process holds them: its forked DataLoader workers hold copies, and torch's worker notices its
+parent is gone only between batches, after waiting up to 5 s for the next request. So during `fit` the
+children a rank forks die with it (`children_die_with_this_process`), and the others notice at once.
 """
 
 from __future__ import annotations
 
+import ctypes
 import logging
 import os
 import signal
 import socket
 import subprocess
+import sys
 import threading
 import time
 from collections.abc import Iterable
@@ -426,6 +431,41 @@ def connect_store(timeout_s: float = 30.0) -> Any:
                          timeout=timedelta(seconds=timeout_s), wait_for_workers=False)
 
 
+# ------------------------------------------------------------------------------------- forked children
+
+_PR_SET_PDEATHSIG = 1  # <linux/prctl.h>
+# Read in a child right after a fork: whether to ask for PR_SET_PDEATHSIG, the parent, the fork's thread.
+_orphans: dict[str, Any] = {"on": False, "prctl": None, "parent": 0, "main_thread": False}
+
+
+def _before_fork() -> None:
+    _orphans["parent"] = os.getpid()
+    _orphans["main_thread"] = threading.current_thread() is threading.main_thread()
+
+
+def _after_fork_in_child() -> None:
+    # The signal goes when the forking *thread* ends: only the main thread lives as long as the process.
+    if not (_orphans["on"] and _orphans["main_thread"]):
+        return
+    _orphans["prctl"](_PR_SET_PDEATHSIG, int(signal.SIGKILL), 0, 0, 0)
+    if os.getppid() != _orphans["parent"]:  # the parent died before the prctl took effect
+        os._exit(1)
+
+
+def children_die_with_this_process(enabled: bool = True) -> None:
+    """While enabled, a child this process forks from its main thread (a DataLoader worker) is killed
+    when this process dies (Linux's PR_SET_PDEATHSIG; elsewhere nothing changes). An orphaned worker of
+    a SIGKILLed rank would otherwise keep that rank's sockets open (gloo's connections, the rendezvous
+    store) until torch's worker watchdog notices, 0-5 s later or more: the other ranks' collectives would
+    wait that long to fail. Children started by `subprocess` are not affected."""
+    if not sys.platform.startswith("linux"):
+        return
+    if _orphans["prctl"] is None:
+        _orphans["prctl"] = ctypes.CDLL(None, use_errno=True).prctl  # loaded here, not in the child
+        os.register_at_fork(before=_before_fork, after_in_child=_after_fork_in_child)
+    _orphans["on"] = enabled
+
+
 # ------------------------------------------------------------------------------------------------- fit
 
 
@@ -442,6 +482,7 @@ def fit(trainer, module, datamodule=None, ckpt_path: str | os.PathLike | None = 
     if preemption is not None:
         preemption.install()
     try:
+        children_die_with_this_process()  # the DataLoader workers forked in trainer.fit
         try:
             trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path, **kwargs)
         except Exception as exc:
@@ -456,5 +497,6 @@ def fit(trainer, module, datamodule=None, ckpt_path: str | os.PathLike | None = 
         if checkpoint is not None and checkpoint.preempted_step is not None:
             preemption.exit(trainer.global_rank)
     finally:
+        children_die_with_this_process(False)
         if preemption is not None:
             preemption.restore()
