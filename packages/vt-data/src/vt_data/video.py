@@ -477,6 +477,20 @@ def probe_video(source: Source, *, backend: str = "pyav", name: str | None = Non
 # --------------------------------------------------------------------------------------------- writing
 
 
+def _yuv420p_frame(rgb: np.ndarray):
+    """An RGB (H, W, 3) uint8 frame as the yuv420p frame the encoder reads, built from a packed array.
+
+    Handing x264 the RGB frame lets PyAV convert it inside `encode`, into buffers whose row padding is
+    left uninitialised when W is not a multiple of the alignment (56 is not); x264 reads some of it, so
+    the same frames gave different files from one call to the next (5 of 3,300 synthetic clips differed
+    between two runs of one config, and the demo's SFT diverged). The same conversion, then a copy out
+    and back in, gives the encoder the same pixels with nothing left to chance."""
+    import av
+
+    converted = av.VideoFrame.from_ndarray(rgb, format="rgb24").reformat(format="yuv420p")
+    return av.VideoFrame.from_ndarray(converted.to_ndarray(), format="yuv420p")
+
+
 def encode_video(
     frames: np.ndarray,
     path_or_buffer: str | os.PathLike | io.BytesIO,
@@ -509,7 +523,7 @@ def encode_video(
         if gop is not None:
             stream.codec_context.gop_size = int(gop)
         for array in frames:
-            for packet in stream.encode(av.VideoFrame.from_ndarray(array, format="rgb24")):
+            for packet in stream.encode(_yuv420p_frame(array)):
                 container.mux(packet)
         for packet in stream.encode():  # flush the encoder's delayed (B-)frames
             container.mux(packet)
