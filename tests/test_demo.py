@@ -91,7 +91,7 @@ def test_the_trained_variants_get_the_same_wall_time(demo_run):
     assert "/sft/hf_model" in config  # continued from the SFT model, not from scratch
     clue = (out / "grpo_clue" / "seed0" / "config.yaml").read_text()
     assert "max_time: 00:00:00:15" in clue and "/sft/hf_model" in clue
-    assert "span_temperature: 2.0" in clue and "clue: 0.5" in clue  # the clue experiment, not plain GRPO
+    assert "guided_span_share: 0.5" in clue and "clue: 0.5" in clue  # the clue experiment, not plain GRPO
 
 
 def test_a_second_invocation_skips_finished_stages(demo_run):

@@ -478,17 +478,28 @@ def probe_video(source: Source, *, backend: str = "pyav", name: str | None = Non
 
 
 def _yuv420p_frame(rgb: np.ndarray):
-    """An RGB (H, W, 3) uint8 frame as the yuv420p frame the encoder reads, built from a packed array.
+    """An RGB (H, W, 3) uint8 frame as the yuv420p frame the encoder reads, every byte of it set.
 
     Handing x264 the RGB frame lets PyAV convert it inside `encode`, into buffers whose row padding is
-    left uninitialised when W is not a multiple of the alignment (56 is not); x264 reads some of it, so
+    left uninitialised when W is not a multiple of the alignment (56 is not), and x264 reads some of it:
     the same frames gave different files from one call to the next (5 of 3,300 synthetic clips differed
-    between two runs of one config, and the demo's SFT diverged). The same conversion, then a copy out
-    and back in, gives the encoder the same pixels with nothing left to chance."""
+    between two runs of one config, and the demo's SFT diverged). Here the same conversion is copied
+    into planes whose padding is zero. That removes most of the variation, not all: at 56x56 (not a
+    multiple of 16) x264 still gave a different file in about 1 of 180 encodings of a noisy clip on a
+    loaded machine, the same calls in every process (experiments/tiny_cpu/README.md)."""
     import av
 
-    converted = av.VideoFrame.from_ndarray(rgb, format="rgb24").reformat(format="yuv420p")
-    return av.VideoFrame.from_ndarray(converted.to_ndarray(), format="yuv420p")
+    height, width = rgb.shape[:2]
+    yuv = av.VideoFrame.from_ndarray(rgb, format="rgb24").reformat(format="yuv420p").to_ndarray()  # (3H/2, W)
+    chroma = height // 4  # rows of W per chroma plane in that layout
+    planes = (yuv[:height], yuv[height:height + chroma].reshape(height // 2, width // 2),
+              yuv[height + chroma:].reshape(height // 2, width // 2))
+    frame = av.VideoFrame(width, height, "yuv420p")
+    for plane, data in zip(frame.planes, planes, strict=True):
+        padded = np.zeros((plane.buffer_size // plane.line_size, plane.line_size), dtype=np.uint8)
+        padded[: data.shape[0], : data.shape[1]] = data
+        plane.update(padded)
+    return frame
 
 
 def encode_video(
