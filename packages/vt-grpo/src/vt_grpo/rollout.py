@@ -147,10 +147,11 @@ def sample_groups(model, tokenizer, items: Sequence[PromptItem], settings: GRPOS
     return groups
 
 
-def draw_guided_span(duration: float, parts: int | None = None) -> tuple[float, float]:
+def draw_guided_span(duration: float, parts: int | None = None) -> tuple[float, float] | None:
     """A random span inside [0, duration], never degenerate, drawn uniformly (torch's global RNG, so a
     resumed run draws the same ones) among the pairs start < end on a grid: whole seconds (parts=None)
-    or the clip cut into `parts` equal pieces (a coarser prior: more drawn spans line up with events)."""
+    or the clip cut into `parts` equal pieces (a coarser prior: more drawn spans line up with events).
+    None when no such span fits (a clip of a second or so)."""
     from vt_data.timespan import is_degenerate
 
     if parts is None:
@@ -159,20 +160,17 @@ def draw_guided_span(duration: float, parts: int | None = None) -> tuple[float, 
         points = [round(duration * k / parts, 3) for k in range(parts + 1)]
     pairs = [(a, b) for i, a in enumerate(points) for b in points[i + 1:]
              if not is_degenerate((a, b), duration)]
-    if not pairs:
-        raise ValueError(f"no non-degenerate span on the grid fits a {duration} s clip")
-    return pairs[int(torch.randint(len(pairs), ()))]
+    return pairs[int(torch.randint(len(pairs), ()))] if pairs else None
 
 
 def guided_span_prefix(tokenizer, record: VideoQA, parts: int | None = None) -> list[int] | None:
     """The token ids of `<time>MM:SS-MM:SS</time>` for a span drawn in `record`'s clip (trace grammar:
-    vt_data.trace), or None when the record has no duration to draw in (that completion stays free)."""
+    vt_data.trace), or None when the record has no duration or no span fits its clip (that completion
+    stays free)."""
     from vt_data.trace import render_time_tag
 
-    if not record.duration or record.duration < 2:
-        return None
-    start, end = draw_guided_span(float(record.duration), parts)
-    return list(tokenizer.encode(render_time_tag(start, end), add_special_tokens=False))
+    span = draw_guided_span(float(record.duration), parts) if record.duration else None
+    return None if span is None else list(tokenizer.encode(render_time_tag(*span), add_special_tokens=False))
 
 
 def score_groups(groups: Sequence[Group], rewards: RewardSet) -> None:
